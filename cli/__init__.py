@@ -1,0 +1,1 @@
+"""The signet-cluster command line."""

@@ -1,0 +1,124 @@
+"""The CLI's HTTP client for a sidecar: one call per command, a timeout on each, and every
+failure turned into one readable line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+import attrs
+import click
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DEGRADED = 3
+EXIT_UNREACHABLE = 4
+
+
+class CliError(click.ClickException):
+    """One line on stderr and a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    body: Any
+
+
+@attrs.frozen(kw_only=True)
+class SidecarClient:
+    base_url: str
+    timeout: float = 10.0
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        base_url: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Answer:
+        url = (base_url or self.base_url).rstrip("/") + path
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers={"Content-Type": "application/json"} if data is not None else None,
+                ) as resp,
+            ):
+                raw = await resp.read()
+        except TimeoutError:
+            raise CliError(f"{url}: no answer within {self.timeout:g}s", EXIT_UNREACHABLE) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise CliError(
+                f"cannot reach the sidecar at {base_url or self.base_url} ({exc or type(exc).__name__}); "
+                "is `signet-cluster serve` running there? (set --sidecar or SIGNET_CLUSTER_SIDECAR)",
+                EXIT_UNREACHABLE,
+            ) from None
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+        return Answer(resp.status, parsed)
+
+    async def admin(self, method: str, path: str, body: Any = None) -> Answer:
+        """An operation only a coordinator performs: when the sidecar we were pointed at is
+        not one, try the coordinators it names, in order."""
+        answer = await self.call(method, path, body)
+        if answer.status != 421 or not isinstance(answer.body, dict):
+            return answer
+        coordinators = (answer.body.get("details") or {}).get("coordinators") or []
+        if not coordinators:
+            raise CliError(
+                f"{self.base_url} is not a coordinator and knows none; point --sidecar at a coordinator"
+            )
+        last: CliError | None = None
+        for url in coordinators:
+            try:
+                answer = await self.call(method, path, body, base_url=url)
+            except CliError as exc:
+                last = exc
+                continue
+            if answer.status != 421:
+                return answer
+        raise last or CliError("no coordinator accepted the request", EXIT_UNREACHABLE)
+
+
+def error_text(answer: Answer) -> str:
+    body = answer.body
+    if isinstance(body, dict):
+        details = body.get("details")
+        if isinstance(details, list) and details:
+            return f"{body.get('error', 'error')}"
+        return str(body.get("error") or body)
+    return f"HTTP {answer.status}: {str(body)[:200]}"
+
+
+def expect_ok(answer: Answer) -> Any:
+    if 200 <= answer.status < 300:
+        return answer.body
+    raise CliError(error_text(answer))
+
+
+async def gather_all(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    return list(await asyncio.gather(*(c() for c in calls)))

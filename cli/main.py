@@ -1,0 +1,223 @@
+"""`signet-cluster`: one CLI for the cluster. Commands parse, call the sidecar or core, print,
+and pick the exit code (0 healthy, 1 error, 2 usage, 3 degraded, 4 unreachable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import click
+
+from signet_cluster import __version__
+from signet_cluster.errors import ConfigError
+from signet_cluster.logconfig import configure_logging
+from signet_cluster.settings import DEFAULT_PORT, FIELDS, describe, env_name, load_settings
+
+from .client import EXIT_DEGRADED, CliError, SidecarClient, expect_ok, run_async
+from .render import render_status, status_problems
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+@attrs.frozen
+class CliContext:
+    sidecar: str
+    timeout: float
+
+    @property
+    def client(self) -> SidecarClient:
+        return SidecarClient(base_url=self.sidecar, timeout=self.timeout)
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+def json_option(fn: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON (stable schema) instead of a table."
+    )(fn)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="signet-cluster")
+@click.option(
+    "--sidecar",
+    envvar="SIGNET_CLUSTER_SIDECAR",
+    default=DEFAULT_SIDECAR,
+    show_default=True,
+    help="Sidecar to talk to (any node; env SIGNET_CLUSTER_SIDECAR).",
+)
+@click.option(
+    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer."
+)
+@click.pass_context
+def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
+    """Run Signet memory daemons on several machines as one cluster.
+
+    Every host runs `signet-cluster serve` next to its Signet daemon; point any command at
+    any sidecar with --sidecar. Try it locally with `signet-cluster demo`.
+    """
+    ctx.obj = CliContext(sidecar=sidecar.rstrip("/"), timeout=timeout)
+
+
+# -- settings-based commands ------------------------------------------------------------
+def settings_options(fn: F) -> F:
+    """Flags for the most used settings; every setting also has a TOML key and env var."""
+    options = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="TOML settings file (env SIGNET_CLUSTER_CONFIG).",
+        ),
+        click.option("--host", help="Listen address (default 127.0.0.1)."),
+        click.option("--port", type=int, help=f"Listen port (default {DEFAULT_PORT})."),
+        click.option(
+            "--node-id", help="Stable node id (default: generated once, kept in the state DB)."
+        ),
+        click.option("--advertise-url", help="URL other sidecars use to reach this one."),
+        click.option("--coordinator/--no-coordinator", default=None, help="Act as a coordinator."),
+        click.option("--coordinators", help="Comma-separated coordinator URLs to heartbeat to."),
+        click.option(
+            "--daemon-url", help="The local Signet daemon (default http://127.0.0.1:3850)."
+        ),
+        click.option(
+            "--workspace", help="The daemon's workspace (default $SIGNET_PATH or ~/.agents)."
+        ),
+        click.option("--state-dir", help="Where the sidecar keeps its state DB."),
+        click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats."),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"]),
+            help="Log level.",
+        ),
+        click.option(
+            "--log-format", type=click.Choice(["auto", "console", "json"]), help="Log format."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _settings_from(config_file: Path | None, flags: dict[str, Any]) -> Any:
+    try:
+        return load_settings(
+            config_file=config_file, overrides={k: v for k, v in flags.items() if v is not None}
+        )
+    except ConfigError as exc:
+        raise CliError("invalid configuration:\n  - " + "\n  - ".join(exc.problems)) from None
+
+
+@cli.command()
+@settings_options
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run the sidecar in the foreground (what the systemd/launchd units run)."""
+    from sidecar.runner import run_sidecar
+
+    settings = _settings_from(config_file, flags)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run_async(run_sidecar(settings))
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
+
+
+@cli.command("check-config")
+@settings_options
+@json_option
+def check_config(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+    """Validate settings (defaults < TOML < env < flags) and print the result."""
+    settings = _settings_from(config_file, flags)
+    values = describe(settings)
+    if as_json:
+        emit_json(values)
+        return
+    for name, value in values.items():
+        click.echo(f"{name} = {value!r}    ({env_name(name)})")
+    click.echo(f"ok: {len(FIELDS)} settings valid")
+
+
+# -- cluster commands -------------------------------------------------------------------
+@cli.command()
+@json_option
+@pass_ctx
+def status(ctx: CliContext, as_json: bool) -> None:
+    """Show every node: state, address, daemon flavor/version/health, agents, heartbeat age.
+
+    Exit code 0 when healthy, 3 when degraded (a node down, a daemon unhealthy, a stale
+    routing table or an agent claimed twice), 4 when the sidecar cannot be reached.
+    """
+    body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/status")))
+    if as_json:
+        emit_json(body)
+    else:
+        click.echo(render_status(body))
+    if status_problems(body):
+        sys.exit(EXIT_DEGRADED)
+
+
+@cli.command()
+@click.argument("address")
+@json_option
+@pass_ctx
+def join(ctx: CliContext, address: str, as_json: bool) -> None:
+    """Add the sidecar at ADDRESS (HOST:PORT) to the cluster. Idempotent."""
+    body = expect_ok(run_async(ctx.client.admin("POST", "/api/cluster/join", {"address": address})))
+    if as_json:
+        emit_json(body)
+        return
+    verb = "was already a member" if body.get("already_joined") else "joined"
+    click.echo(f"{body['node_id']} ({body['url']}) {verb}.")
+    if body.get("warning"):
+        click.echo(f"warning: could not tell it to heartbeat yet: {body['warning']}", err=True)
+
+
+@cli.command()
+@click.argument("node")
+@json_option
+@pass_ctx
+def remove(ctx: CliContext, node: str, as_json: bool) -> None:
+    """Remove NODE (node id, HOST:PORT, or a host with one node) from the cluster. Idempotent."""
+    from urllib.parse import quote
+
+    body = expect_ok(
+        run_async(ctx.client.admin("DELETE", f"/api/cluster/peers/{quote(node, safe='')}"))
+    )
+    if as_json:
+        emit_json(body)
+        return
+    if body.get("removed"):
+        click.echo(f"{body['node_id']} ({body['url']}) removed.")
+    else:
+        click.echo(f"{node}: not a member; nothing to do.")
+
+
+def _register_optional_commands() -> None:
+    from .demo import demo
+    from .devdaemon_cmd import devdaemon
+
+    cli.add_command(devdaemon)
+    cli.add_command(demo)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    cli(prog_name="signet-cluster")
+
+
+if __name__ == "__main__":
+    main()

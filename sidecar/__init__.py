@@ -1,0 +1,1 @@
+"""The signet-cluster sidecar: an aiohttp service next to one Signet daemon."""

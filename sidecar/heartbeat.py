@@ -1,0 +1,123 @@
+"""The heartbeat loop: every interval, describe this node to every coordinator (in parallel)
+and keep the registry copy each one answers with. A coordinator applies its own heartbeat
+to its registry directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+import structlog
+from aiohttp import web
+
+from signet_cluster.converter import structure, unstructure
+from signet_cluster.errors import ClusterError, PeerUnreachable
+from signet_cluster.protocol import Heartbeat, HeartbeatReply
+
+from . import keys
+from .coordinator import accept_heartbeat, local_view
+
+log = structlog.get_logger("signet_cluster.heartbeat")
+
+
+def build_heartbeat(app: web.Application, known_registry: str | None) -> Heartbeat:
+    identity = app[keys.IDENTITY]
+    snapshot = app[keys.WATCHER].snapshot
+    return Heartbeat(
+        protocol=identity.protocol,
+        node_id=identity.node_id,
+        instance_id=identity.instance_id,
+        url=identity.url,
+        sidecar_version=identity.sidecar_version,
+        daemon=snapshot.info(),
+        agents=snapshot.agents,
+        capabilities=("route",),
+        seq=identity.next_seq(),
+        sent_at=app[keys.CLOCK].time(),
+        coordinator=identity.coordinator,
+        known_registry=known_registry,
+    )
+
+
+async def send_heartbeat(app: web.Application, url: str) -> None:
+    membership = app[keys.MEMBERSHIP]
+    membership.record_attempt(url)
+    heartbeat = build_heartbeat(app, membership.known_registry(url))
+    try:
+        response = await app[keys.PEERS].call(
+            "POST", url, "/api/cluster/heartbeat", unstructure(heartbeat)
+        )
+    except PeerUnreachable as exc:
+        _failure(app, url, exc.message)
+        return
+    if response.status == 200:
+        try:
+            reply = structure(response.body, HeartbeatReply)
+        except ClusterError as exc:
+            _failure(app, url, f"unusable heartbeat reply: {exc.message}")
+            return
+        was_failing = membership.contact(url).error is not None
+        membership.record_reply(url, reply)
+        if was_failing:
+            log.info("coordinator_reachable", coordinator=url)
+        new = membership.learned_coordinators() - set(membership.targets())
+        if new:
+            log.info("coordinators_learned", coordinators=sorted(new))
+            await membership.add(tuple(sorted(new)))
+        return
+    error = response.body.get("error") if isinstance(response.body, dict) else None
+    if response.status == 410:
+        log.warning("removed_by_coordinator", coordinator=url)
+        membership.record_failure(url, "this node was removed from the cluster by the coordinator")
+        await membership.remove((url,))
+        return
+    if response.status == 409:
+        _failure(app, url, f"protocol mismatch: {error}")
+        return
+    _failure(app, url, f"heartbeat answered {response.status}: {error or response.body!r}"[:300])
+
+
+def _failure(app: web.Application, url: str, error: str) -> None:
+    contact = app[keys.MEMBERSHIP].contact(url)
+    if contact.error != error:
+        log.warning("heartbeat_failed", coordinator=url, error=error)
+    app[keys.MEMBERSHIP].record_failure(url, error)
+
+
+async def heartbeat_round(app: web.Application) -> None:
+    identity = app[keys.IDENTITY]
+    membership = app[keys.MEMBERSHIP]
+    tasks = []
+    if identity.coordinator:
+        # Our own heartbeat goes straight into our registry: no HTTP to ourselves.
+        accept_heartbeat(app, build_heartbeat(app, None))
+        membership.views[membership.self_url] = local_view(app)
+    for url in membership.targets():
+        if url == membership.self_url:
+            continue
+        tasks.append(send_heartbeat(app, url))
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+async def heartbeat_loop(app: web.Application) -> None:
+    interval = app[keys.SETTINGS].heartbeat_interval
+    watcher = app[keys.WATCHER]
+    while True:
+        watcher.changed.clear()
+        try:
+            await heartbeat_round(app)
+        except Exception:
+            log.exception("heartbeat_round_failed")
+        # A changed roster goes out at once instead of waiting for the next tick.
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(watcher.changed.wait(), timeout=interval)
+
+
+async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(heartbeat_loop(app), name="heartbeat")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,30 @@
+"""Typed application keys: the only way sidecar state is shared between handlers and loops."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from signet_cluster.clock import Clock
+from signet_cluster.registry import Registry
+from signet_cluster.settings import Settings
+from signet_cluster.state import StateStore
+
+if TYPE_CHECKING:
+    from .identity import NodeIdentity
+    from .membership import Membership
+    from .peers import PeerClient
+    from .watcher import DaemonWatcher
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+STATE = web.AppKey("state", StateStore)
+REGISTRY = web.AppKey("registry", Registry)
+# Sidecar classes are declared by annotation only: their modules import this one.
+IDENTITY: web.AppKey[NodeIdentity] = web.AppKey("identity")
+MEMBERSHIP: web.AppKey[Membership] = web.AppKey("membership")
+WATCHER: web.AppKey[DaemonWatcher] = web.AppKey("watcher")
+PEERS: web.AppKey[PeerClient] = web.AppKey("peers")

@@ -1,0 +1,64 @@
+"""Running the sidecar in the foreground (what `signet-cluster serve` and the units do):
+listen, log one start line, and on SIGTERM/SIGINT stop accepting, let in-flight requests
+finish within `shutdown_timeout`, then stop the loops and close the state DB."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import suppress
+
+import structlog
+from aiohttp import web
+
+from signet_cluster.clock import Clock
+from signet_cluster.settings import Settings
+
+from . import keys
+from .app import make_app
+
+log = structlog.get_logger("signet_cluster.sidecar")
+
+
+async def run_sidecar(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
+    app = make_app(settings, clock=clock)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+        identity = app[keys.IDENTITY]
+        log.info(
+            "sidecar_started",
+            node_id=identity.node_id,
+            listen=f"{settings.host}:{settings.port}",
+            url=identity.url,
+            coordinator=identity.coordinator,
+            coordinators=list(settings.coordinators),
+            daemon=settings.daemon_url,
+        )
+        await stop.wait()
+        log.info("sidecar_stopping", grace_s=settings.shutdown_timeout)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("sidecar_stopped")

@@ -1,0 +1,17 @@
+"""A stand-in for the Signet daemon: same paths, shapes and read policies, three flavors.
+
+Tests, benchmarks and ``signet-cluster demo`` run on it; its fidelity is checked against
+responses recorded from real daemons (``tests/golden/``).
+"""
+
+from .app import make_devdaemon_app, serve_devdaemon
+from .config import DEFAULT_VERSIONS, FAIL_MODES, FLAVORS, DevDaemonConfig
+
+__all__ = [
+    "DEFAULT_VERSIONS",
+    "FAIL_MODES",
+    "FLAVORS",
+    "DevDaemonConfig",
+    "make_devdaemon_app",
+    "serve_devdaemon",
+]

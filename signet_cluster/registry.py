@@ -1,0 +1,272 @@
+"""The peer registry a coordinator keeps: soft state rebuilt from heartbeats.
+
+Nodes are `alive` while heartbeats arrive within the TTL, then `down` (out of routing);
+nodes that were only discovered (never joined) are reaped after `reap_after` more seconds,
+joined nodes stay listed as down until removed. Time comes from an injectable monotonic
+clock. The routing table maps each non-`default` agent to one owner; when several nodes
+claim an agent the same deterministic rule picks the owner on every coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import attrs
+
+from .clock import Clock
+from .protocol import (
+    AgentInfo,
+    Collision,
+    DaemonInfo,
+    Heartbeat,
+    PeerView,
+    RouteEntry,
+)
+
+LOCAL_AGENT = "default"
+
+
+@attrs.define(kw_only=True)
+class PeerRecord:
+    node_id: str
+    url: str
+    joined: bool = False
+    heartbeat: Heartbeat | None = None
+    protocol: int | None = None
+    last_seen: float | None = None  # monotonic
+    down_since: float | None = None  # monotonic
+    state: str = "down"
+
+
+@attrs.frozen(kw_only=True)
+class RegistryEvent:
+    kind: str  # "joined_cluster" | "went_down" | "came_back" | "reaped" | "roster_changed"
+    node_id: str
+    age_s: float | None = None
+
+
+def _created_key(agent: AgentInfo) -> tuple[int, float]:
+    # TS writes `...Z`, Rust `+00:00` with more digits: compare instants, not strings.
+    # A missing or unreadable timestamp sorts after every real one.
+    if agent.created_at:
+        try:
+            parsed = datetime.fromisoformat(agent.created_at)
+        except ValueError:
+            return (1, 0.0)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return (0, parsed.timestamp())
+    return (1, 0.0)
+
+
+class Registry:
+    def __init__(self, *, ttl: float, reap_after: float, clock: Clock) -> None:
+        self.ttl = ttl
+        self.reap_after = reap_after
+        self.clock = clock
+        self.version = 0
+        self._peers: dict[str, PeerRecord] = {}
+        self._adoptions: dict[str, str] = {}
+        self._routes_cache: tuple[int, tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]] | None
+        self._routes_cache = None
+
+    # -- changes -------------------------------------------------------------------------
+    def _bump(self) -> None:
+        self.version += 1
+
+    def apply_heartbeat(self, hb: Heartbeat, protocol: int) -> list[RegistryEvent]:
+        now = self.clock.monotonic()
+        events: list[RegistryEvent] = []
+        record = self._peers.get(hb.node_id)
+        if record is None:
+            record = PeerRecord(node_id=hb.node_id, url=hb.url)
+            self._peers[hb.node_id] = record
+            events.append(RegistryEvent(kind="joined_cluster", node_id=hb.node_id))
+            self._bump()
+        previous = record.heartbeat
+        if record.state != "alive":
+            if previous is not None:
+                events.append(RegistryEvent(kind="came_back", node_id=hb.node_id))
+            record.state = "alive"
+            record.down_since = None
+            self._bump()
+        if (
+            previous is None
+            or previous.agents != hb.agents
+            or previous.daemon != hb.daemon
+            or previous.url != hb.url
+            or previous.instance_id != hb.instance_id
+            or previous.coordinator != hb.coordinator
+            or previous.sidecar_version != hb.sidecar_version
+        ):
+            if previous is not None and previous.agents != hb.agents:
+                events.append(RegistryEvent(kind="roster_changed", node_id=hb.node_id))
+            self._bump()
+        record.heartbeat = hb
+        record.url = hb.url
+        record.protocol = protocol
+        record.last_seen = now
+        return events
+
+    def mark_joined(self, node_id: str, url: str) -> bool:
+        """Record a joined peer (idempotent). Returns True when something changed."""
+        record = self._peers.get(node_id)
+        if record is None:
+            self._peers[node_id] = PeerRecord(
+                node_id=node_id, url=url, joined=True, down_since=self.clock.monotonic()
+            )
+            self._bump()
+            return True
+        if not record.joined or record.url != url:
+            record.joined = True
+            if record.heartbeat is None:
+                record.url = url
+            self._bump()
+            return True
+        return False
+
+    def remove(self, node_id: str) -> bool:
+        if self._peers.pop(node_id, None) is None:
+            return False
+        self._bump()
+        return True
+
+    def set_adoptions(self, adoptions: dict[str, str]) -> None:
+        if adoptions != self._adoptions:
+            self._adoptions = dict(adoptions)
+            self._bump()
+
+    def expire(self) -> list[RegistryEvent]:
+        """Move silent peers to down and reap long-gone discovered ones."""
+        now = self.clock.monotonic()
+        events: list[RegistryEvent] = []
+        for record in list(self._peers.values()):
+            if record.state == "alive" and record.last_seen is not None:
+                age = now - record.last_seen
+                if age > self.ttl:
+                    record.state = "down"
+                    record.down_since = now
+                    events.append(
+                        RegistryEvent(kind="went_down", node_id=record.node_id, age_s=age)
+                    )
+                    self._bump()
+            elif record.state == "down" and not record.joined:
+                since = record.down_since if record.down_since is not None else now
+                if now - since > self.reap_after:
+                    del self._peers[record.node_id]
+                    silent = now - record.last_seen if record.last_seen is not None else None
+                    events.append(
+                        RegistryEvent(kind="reaped", node_id=record.node_id, age_s=silent)
+                    )
+                    self._bump()
+        return events
+
+    # -- reads ---------------------------------------------------------------------------
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._peers
+
+    def record(self, node_id: str) -> PeerRecord | None:
+        return self._peers.get(node_id)
+
+    def matches(self, needle: str) -> list[str]:
+        """Node ids matching a node id, a URL, HOST:PORT, or a bare host."""
+        if needle in self._peers:
+            return [needle]
+        bare = needle.split("://", 1)[-1].rstrip("/")
+        found = []
+        for record in self._peers.values():
+            host_port = record.url.split("://", 1)[-1].rstrip("/")
+            host = host_port.rsplit(":", 1)[0]
+            if bare in (host_port, host):
+                found.append(record.node_id)
+        return sorted(found)
+
+    def find(self, needle: str) -> PeerRecord | None:
+        """The one peer `needle` names, or None when it names none or several."""
+        found = self.matches(needle)
+        return self._peers[found[0]] if len(found) == 1 else None
+
+    def peers(self) -> list[PeerView]:
+        now = self.clock.monotonic()
+        return [self._view(r, now) for r in sorted(self._peers.values(), key=lambda r: r.node_id)]
+
+    def _view(self, record: PeerRecord, now: float) -> PeerView:
+        hb = record.heartbeat
+        return PeerView(
+            node_id=record.node_id,
+            url=record.url,
+            state=record.state,
+            joined=record.joined,
+            coordinator=hb.coordinator if hb else False,
+            protocol=record.protocol,
+            sidecar_version=hb.sidecar_version if hb else None,
+            instance_id=hb.instance_id if hb else None,
+            daemon=hb.daemon if hb else DaemonInfo(flavor="unknown", healthy=False),
+            agents=hb.agents if hb else (),
+            last_seen_age_s=round(now - record.last_seen, 3)
+            if record.last_seen is not None
+            else None,
+            seq=hb.seq if hb else None,
+        )
+
+    def routing(self) -> tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]:
+        """(routes to alive owners, collisions). Cached per registry version."""
+        if self._routes_cache is not None and self._routes_cache[0] == self.version:
+            return self._routes_cache[1]
+        result = compute_routing(self._peers.values(), self._adoptions)
+        self._routes_cache = (self.version, result)
+        return result
+
+
+def compute_routing(
+    records: Iterable[PeerRecord], adoptions: dict[str, str]
+) -> tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]:
+    """Pick one owner per agent.
+
+    Every claimant that is still registered (alive or down) takes part, so an owner that is
+    briefly down keeps its agents instead of handing them to another node (which would put
+    writes for one agent on two daemons). The rule, identical on every coordinator:
+    an operator adoption wins; otherwise the claim with the earliest agent `created_at`,
+    then the smallest node id. Only alive owners get a route.
+    """
+    claims: dict[str, list[tuple[PeerRecord, AgentInfo]]] = {}
+    for record in records:
+        if record.heartbeat is None:
+            continue
+        for agent in record.heartbeat.agents:
+            if agent.id == LOCAL_AGENT:
+                continue
+            claims.setdefault(agent.id, []).append((record, agent))
+    routes: list[RouteEntry] = []
+    collisions: list[Collision] = []
+    for agent_id in sorted(claims):
+        claimants = claims[agent_id]
+        adopted = adoptions.get(agent_id)
+        chosen = [c for c in claimants if c[0].node_id == adopted]
+        if chosen:
+            winner, rule = chosen[0], "adopted"
+        else:
+            winner = min(claimants, key=lambda c: (_created_key(c[1]), c[0].node_id))
+            rule = "earliest_created_at"
+        if len(claimants) > 1:
+            collisions.append(
+                Collision(
+                    agent_id=agent_id,
+                    winner=winner[0].node_id,
+                    claimants=tuple(sorted(c[0].node_id for c in claimants)),
+                    rule=rule,
+                )
+            )
+        record, agent = winner
+        if record.state == "alive":
+            routes.append(
+                RouteEntry(
+                    agent_id=agent_id,
+                    node_id=record.node_id,
+                    url=record.url,
+                    read_policy=agent.read_policy,
+                    policy_group=agent.policy_group,
+                )
+            )
+    return tuple(routes), tuple(collisions)

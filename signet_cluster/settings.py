@@ -1,0 +1,316 @@
+"""Sidecar settings: one frozen class, layered defaults < TOML file < environment < flags,
+validated once with every problem listed (`signet-cluster check-config`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+
+ENV_PREFIX = "SIGNET_CLUSTER_"
+DEFAULT_PORT = 3860
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    node_id: str | None = attrs.field(
+        default=None,
+        metadata=_doc("Stable node id; generated once and kept in the state DB when unset."),
+    )
+    host: str = attrs.field(default="127.0.0.1", metadata=_doc("Address the sidecar listens on."))
+    port: int = attrs.field(default=DEFAULT_PORT, metadata=_doc("Port the sidecar listens on."))
+    advertise_url: str | None = attrs.field(
+        default=None,
+        metadata=_doc("URL other sidecars use to reach this one (default http://HOST:PORT)."),
+    )
+    coordinator: bool = attrs.field(
+        default=False, metadata=_doc("Accept heartbeats and keep the cluster registry.")
+    )
+    coordinators: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc("Coordinator sidecar URLs to heartbeat to (comma-separated in the env)."),
+    )
+    daemon_url: str = attrs.field(
+        default="http://127.0.0.1:3850", metadata=_doc("The local Signet daemon (loopback).")
+    )
+    workspace: str | None = attrs.field(
+        default=None,
+        metadata=_doc("The daemon's workspace (default: $SIGNET_PATH, else ~/.agents)."),
+    )
+    state_dir: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "Where the sidecar keeps its state DB (default $XDG_STATE_HOME/signet-cluster)."
+        ),
+    )
+    heartbeat_interval: float = attrs.field(
+        default=1.0, metadata=_doc("Seconds between heartbeats to each coordinator.")
+    )
+    peer_ttl: float | None = attrs.field(
+        default=None,
+        metadata=_doc("Seconds without a heartbeat before a node is down (default 5 x interval)."),
+    )
+    reap_after: float = attrs.field(
+        default=300.0,
+        metadata=_doc(
+            "Seconds a discovered (not joined) node stays listed as down before removal."
+        ),
+    )
+    roster_refresh: float = attrs.field(
+        default=10.0, metadata=_doc("Seconds between re-reads of the daemon's health and roster.")
+    )
+    peer_timeout: float = attrs.field(
+        default=2.0, metadata=_doc("Timeout in seconds for heartbeats and admin calls to peers.")
+    )
+    daemon_timeout: float = attrs.field(
+        default=10.0, metadata=_doc("Timeout in seconds for calls to the local daemon.")
+    )
+    shutdown_timeout: float = attrs.field(
+        default=8.0,
+        metadata=_doc(
+            "Seconds in-flight requests get to finish on SIGTERM (unit stop timeouts exceed it)."
+        ),
+    )
+    log_level: str = attrs.field(default="info", metadata=_doc("debug, info, warning or error."))
+    log_format: str = attrs.field(
+        default="auto", metadata=_doc("auto (console on a terminal, else JSON), console or json.")
+    )
+
+    @property
+    def ttl(self) -> float:
+        return self.peer_ttl if self.peer_ttl is not None else 5 * self.heartbeat_interval
+
+    @property
+    def url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def workspace_path(self) -> Path:
+        if self.workspace:
+            return Path(self.workspace).expanduser()
+        env = os.environ.get("SIGNET_PATH")
+        return Path(env).expanduser() if env else Path.home() / ".agents"
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "signet-cluster"
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+FIELDS: dict[str, attrs.Attribute[Any]] = {f.name: f for f in attrs.fields(Settings)}
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _base_type(field: attrs.Attribute[Any]) -> str:
+    text = str(field.type)
+    for name in ("tuple", "bool", "int", "float", "str"):
+        if text.startswith(name):
+            return name
+    raise AssertionError(f"unsupported settings type {text}")
+
+
+def _optional(field: attrs.Attribute[Any]) -> bool:
+    return "None" in str(field.type)
+
+
+def _coerce(name: str, value: Any, *, from_text: bool) -> tuple[Any, str | None]:
+    """Convert one raw value to the field's type; returns (value, problem)."""
+    field = FIELDS[name]
+    kind = _base_type(field)
+    if value is None or (from_text and value == "" and _optional(field)):
+        return (None, None) if _optional(field) else (None, f"{name}: a value is required")
+    if kind == "tuple":
+        if isinstance(value, str):
+            items = [part.strip() for part in value.split(",") if part.strip()]
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            items = list(value)
+        else:
+            return None, f"{name}: expected a list of strings"
+        return tuple(items), None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True, None
+            if lowered in ("0", "false", "no", "off"):
+                return False, None
+        return None, f"{name}: expected true or false, got {value!r}"
+    if kind in ("int", "float"):
+        if isinstance(value, bool):
+            return None, f"{name}: expected a number, got {value!r}"
+        try:
+            number = int(value) if kind == "int" else float(value)
+        except (TypeError, ValueError):
+            return (
+                None,
+                f"{name}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}",
+            )
+        if kind == "int" and isinstance(value, float) and not value.is_integer():
+            return None, f"{name}: expected an integer, got {value!r}"
+        return number, None
+    if not isinstance(value, str):
+        return None, f"{name}: expected a string, got {value!r}"
+    return value, None
+
+
+def _flatten_toml(data: Mapping[str, Any], problems: list[str], source: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            # `[registry] backend = ...` is the same setting as `registry_backend = ...`.
+            for sub, subvalue in value.items():
+                flat[f"{key}_{sub}".replace("-", "_")] = subvalue
+        else:
+            flat[key.replace("-", "_")] = value
+    for key in list(flat):
+        if key not in FIELDS:
+            problems.append(f"{source}: unknown setting {key!r}")
+            del flat[key]
+    return flat
+
+
+def read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        problems.append(f"config file {path} does not exist")
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        problems.append(f"config file {path}: {exc}")
+        return {}
+    return _flatten_toml(data, problems, str(path))
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the layers and validate. Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        for name, raw in read_toml(config_file.expanduser(), problems).items():
+            value, problem = _coerce(name, raw, from_text=False)
+            if problem:
+                problems.append(f"{config_file}: {problem}")
+            else:
+                values[name] = value
+    for name in FIELDS:
+        if env_name(name) in env:
+            value, problem = _coerce(name, env[env_name(name)], from_text=True)
+            if problem:
+                problems.append(f"{env_name(name)}: {problem}")
+            else:
+                values[name] = value
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in FIELDS:
+            problems.append(f"unknown setting {name!r}")
+            continue
+        value, problem = _coerce(name, raw, from_text=isinstance(raw, str))
+        if problem:
+            problems.append(problem)
+        else:
+            values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(**values)
+    problems = validate(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+_URL = re.compile(r"^https?://[^\s/]+(:\d+)?/?$")
+
+
+def validate(settings: Settings) -> list[str]:
+    """Every semantic problem with a complete settings object."""
+    problems: list[str] = []
+    if not 0 <= settings.port <= 65535:
+        problems.append(f"port: must be 0-65535, got {settings.port}")
+    if settings.node_id is not None and not re.match(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", settings.node_id
+    ):
+        problems.append(
+            "node_id: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    for name in ("advertise_url", "daemon_url"):
+        value = getattr(settings, name)
+        if value is not None and not _URL.match(value):
+            problems.append(f"{name}: must be an http(s)://host:port URL, got {value!r}")
+    for url in settings.coordinators:
+        if not _URL.match(url):
+            problems.append(f"coordinators: {url!r} is not an http(s)://host:port URL")
+    positive = (
+        "heartbeat_interval",
+        "reap_after",
+        "roster_refresh",
+        "peer_timeout",
+        "daemon_timeout",
+    )
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            problems.append(f"{name}: must be greater than 0")
+    if settings.shutdown_timeout < 0:
+        problems.append("shutdown_timeout: must not be negative")
+    if settings.peer_ttl is not None and settings.peer_ttl <= settings.heartbeat_interval:
+        problems.append("peer_ttl: must be longer than heartbeat_interval")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        problems.append(
+            f"log_level: one of debug, info, warning, error; got {settings.log_level!r}"
+        )
+    if settings.log_format not in ("auto", "console", "json"):
+        problems.append(f"log_format: one of auto, console, json; got {settings.log_format!r}")
+    return problems
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data for `check-config` (no secrets are ever included)."""
+    return {name: getattr(settings, name) for name in FIELDS}

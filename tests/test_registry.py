@@ -1,0 +1,152 @@
+"""The coordinator's registry: TTL expiry, reaping, joined peers, routing and collisions,
+driven by a manual clock."""
+
+from __future__ import annotations
+
+from signet_cluster.clock import ManualClock
+from signet_cluster.protocol import AgentInfo, DaemonInfo, Heartbeat, ProtocolRange
+from signet_cluster.registry import PeerRecord, Registry, compute_routing
+
+
+def hb(node: str, agents: list[AgentInfo], seq: int = 1, url: str | None = None) -> Heartbeat:
+    return Heartbeat(
+        protocol=ProtocolRange(min=1, max=1),
+        node_id=node,
+        instance_id="i-" + node,
+        url=url or f"http://127.0.0.1:{7000 + len(node)}",
+        sidecar_version="0.1.0",
+        daemon=DaemonInfo(flavor="ts", version="0.145.7", healthy=True),
+        agents=tuple(agents),
+        seq=seq,
+        sent_at=1.0,
+    )
+
+
+def agent(name: str, policy: str = "shared", created: str | None = None) -> AgentInfo:
+    return AgentInfo(id=name, read_policy=policy, created_at=created)
+
+
+def test_ttl_expiry_removes_stale_peer_from_routing() -> None:
+    """A node silent for longer than the TTL goes down and its agents leave the routing table."""
+    clock = ManualClock()
+    reg = Registry(ttl=5.0, reap_after=60.0, clock=clock)
+    reg.apply_heartbeat(hb("a", [agent("alice")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("bob")]), 1)
+    assert {r.agent_id for r in reg.routing()[0]} == {"alice", "bob"}
+    clock.advance(4.0)
+    reg.apply_heartbeat(hb("a", [agent("alice")], seq=2), 1)
+    assert reg.expire() == []
+    clock.advance(2.0)  # b silent for 6 s > TTL, a for 2 s
+    events = reg.expire()
+    assert [(e.kind, e.node_id) for e in events] == [("went_down", "b")]
+    assert {r.agent_id for r in reg.routing()[0]} == {"alice"}
+    assert {p.node_id: p.state for p in reg.peers()} == {"a": "alive", "b": "down"}
+
+
+def test_discovered_peer_is_reaped_but_joined_peer_stays_down() -> None:
+    """Past reap_after a discovered node disappears; a joined one stays listed as down."""
+    clock = ManualClock()
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=clock)
+    reg.apply_heartbeat(hb("disc", [agent("x")]), 1)
+    reg.apply_heartbeat(hb("member", [agent("y")]), 1)
+    reg.mark_joined("member", "http://127.0.0.1:9")
+    clock.advance(6)
+    reg.expire()
+    clock.advance(31)
+    kinds = [(e.kind, e.node_id) for e in reg.expire()]
+    assert kinds == [("reaped", "disc")]
+    assert [(p.node_id, p.state, p.joined) for p in reg.peers()] == [("member", "down", True)]
+
+
+def test_came_back_after_down() -> None:
+    """A down node that heartbeats again is alive and routable again."""
+    clock = ManualClock()
+    reg = Registry(ttl=1.0, reap_after=30.0, clock=clock)
+    reg.apply_heartbeat(hb("a", [agent("alice")]), 1)
+    clock.advance(2)
+    reg.expire()
+    assert reg.routing()[0] == ()
+    events = reg.apply_heartbeat(hb("a", [agent("alice")], seq=3), 1)
+    assert [e.kind for e in events] == ["came_back"]
+    assert [r.node_id for r in reg.routing()[0]] == ["a"]
+
+
+def test_default_agent_is_never_routed() -> None:
+    """`default` exists on every daemon and stays node-local: no route, no collision."""
+    clock = ManualClock()
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=clock)
+    reg.apply_heartbeat(hb("a", [agent("default")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("default")]), 1)
+    assert reg.routing() == ((), ())
+
+
+def test_collision_rule_is_deterministic_and_order_independent() -> None:
+    """Earliest created_at wins (across TS 'Z' and Rust '+00:00' formats), then node id,
+    whatever order the heartbeats arrived in."""
+    a = hb("node-a", [agent("writer", created="2026-04-02T09:00:00.500+00:00")])
+    b = hb("node-b", [agent("writer", created="2026-04-02T09:00:00.400Z")])
+    c = hb("node-c", [agent("writer")])
+    winners = set()
+    for order in ([a, b, c], [c, b, a], [b, c, a]):
+        records = [
+            PeerRecord(node_id=h.node_id, url=h.url, heartbeat=h, state="alive") for h in order
+        ]
+        routes, collisions = compute_routing(records, {})
+        winners.add((routes[0].node_id, collisions[0].winner, collisions[0].claimants))
+    assert winners == {("node-b", "node-b", ("node-a", "node-b", "node-c"))}
+
+
+def test_collision_tie_breaks_on_node_id_and_adoption_overrides() -> None:
+    """Same created_at: the smaller node id wins; an adoption beats the rule."""
+    same = "2026-04-02T09:00:00.000Z"
+    records = [
+        PeerRecord(
+            node_id=n,
+            url=f"http://{n}:1",
+            heartbeat=hb(n, [agent("w", created=same)]),
+            state="alive",
+        )
+        for n in ("zeta", "alpha")
+    ]
+    routes, collisions = compute_routing(records, {})
+    assert routes[0].node_id == "alpha" and collisions[0].rule == "earliest_created_at"
+    routes, collisions = compute_routing(records, {"w": "zeta"})
+    assert routes[0].node_id == "zeta" and collisions[0].rule == "adopted"
+
+
+def test_down_winner_keeps_its_agent_unrouted() -> None:
+    """A collision winner that is down is not replaced by the other claimant (never two owners)."""
+    clock = ManualClock()
+    reg = Registry(ttl=1.0, reap_after=100.0, clock=clock)
+    reg.apply_heartbeat(hb("a", [agent("w", created="2026-01-01T00:00:00Z")]), 1)
+    clock.advance(2)
+    reg.apply_heartbeat(hb("b", [agent("w", created="2026-06-01T00:00:00Z")]), 1)
+    reg.expire()
+    routes, collisions = reg.routing()
+    assert routes == ()
+    assert collisions[0].winner == "a"
+
+
+def test_version_only_moves_on_change() -> None:
+    """Identical heartbeats do not bump the registry version (so replies can say 'unchanged')."""
+    clock = ManualClock()
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=clock)
+    reg.apply_heartbeat(hb("a", [agent("alice")]), 1)
+    version = reg.version
+    reg.apply_heartbeat(hb("a", [agent("alice")], seq=2), 1)
+    assert reg.version == version
+    reg.apply_heartbeat(hb("a", [agent("alice"), agent("anna")], seq=3), 1)
+    assert reg.version > version
+
+
+def test_find_by_id_host_port_and_host() -> None:
+    """remove accepts a node id, HOST:PORT, a URL or a bare host when only one node is there."""
+    reg = Registry(ttl=5, reap_after=5, clock=ManualClock())
+    reg.apply_heartbeat(hb("a", [], url="http://10.0.0.1:3860"), 1)
+    reg.apply_heartbeat(hb("b", [], url="http://10.0.0.2:3860"), 1)
+    reg.apply_heartbeat(hb("c", [], url="http://10.0.0.2:3861"), 1)
+    assert reg.find("a").node_id == "a"  # type: ignore[union-attr]
+    assert reg.find("10.0.0.1").node_id == "a"  # type: ignore[union-attr]
+    assert reg.find("http://10.0.0.2:3861").node_id == "c"  # type: ignore[union-attr]
+    assert reg.find("10.0.0.2") is None
+    assert reg.matches("10.0.0.2") == ["b", "c"]
