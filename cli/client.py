@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import attrs
 import click
+from yarl import URL
+
+if TYPE_CHECKING:
+    from .credentials import Credentials
 
 T = TypeVar("T")
 
@@ -43,6 +47,10 @@ class Answer:
 class SidecarClient:
     base_url: str
     timeout: float = 10.0
+    # More sidecars to try, in order, when `base_url` cannot be reached (--sidecar A,B,C).
+    fallbacks: tuple[str, ...] = ()
+    # The cluster key (every request is signed with it) and TLS files: cli/credentials.py.
+    credentials: Credentials | None = None
 
     async def call(
         self,
@@ -53,8 +61,33 @@ class SidecarClient:
         base_url: str | None = None,
         params: dict[str, str] | None = None,
     ) -> Answer:
-        url = (base_url or self.base_url).rstrip("/") + path
+        if base_url is not None or not self.fallbacks:
+            return await self._call_one(method, path, body, base_url or self.base_url, params)
+        first_error: CliError | None = None
+        for url in (self.base_url, *self.fallbacks):
+            try:
+                return await self._call_one(method, path, body, url, params)
+            except CliError as exc:
+                if exc.exit_code != EXIT_UNREACHABLE:
+                    raise
+                first_error = first_error or exc
+        assert first_error is not None
+        raise first_error
+
+    async def _call_one(
+        self, method: str, path: str, body: Any, base_url: str, params: dict[str, str] | None
+    ) -> Answer:
+        url = URL(base_url.rstrip("/") + path)
+        if params:
+            url = url.extend_query(params)
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        credentials = self.credentials
+        if credentials is not None and credentials.signer is not None:
+            host = url.host_port_subcomponent or ""
+            headers["Host"] = host
+            headers.update(credentials.signer.headers(method, host, url.raw_path_qs, data or b""))
+        ssl_context = credentials.ssl_context if credentials is not None else None
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
@@ -62,8 +95,8 @@ class SidecarClient:
                     method,
                     url,
                     data=data,
-                    params=params,
-                    headers={"Content-Type": "application/json"} if data is not None else None,
+                    headers=headers,
+                    ssl=ssl_context if ssl_context is not None and url.scheme == "https" else True,
                 ) as resp,
             ):
                 raw = await resp.read()
@@ -71,7 +104,7 @@ class SidecarClient:
             raise CliError(f"{url}: no answer within {self.timeout:g}s", EXIT_UNREACHABLE) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise CliError(
-                f"cannot reach the sidecar at {base_url or self.base_url} ({exc or type(exc).__name__}); "
+                f"cannot reach the sidecar at {base_url} ({exc or type(exc).__name__}); "
                 "is `signet-cluster serve` running there? (set --sidecar or SIGNET_CLUSTER_SIDECAR)",
                 EXIT_UNREACHABLE,
             ) from None

@@ -3,13 +3,11 @@ and pick the exit code (0 healthy, 1 error, 2 usage, 3 degraded, 4 unreachable).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import click
 
 from signet_cluster import __version__
@@ -17,34 +15,13 @@ from signet_cluster.errors import ConfigError
 from signet_cluster.logconfig import configure_logging
 from signet_cluster.settings import DEFAULT_PORT, FIELDS, describe, env_name, load_settings
 
-from .client import EXIT_DEGRADED, CliError, SidecarClient, expect_ok, run_async
+from .client import EXIT_DEGRADED, CliError, expect_ok, run_async
+from .context import CliContext, emit_json, json_option, pass_ctx
 from .render import render_status, status_problems
+from .status_watch import watch_options, watch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
-
-
-@attrs.frozen
-class CliContext:
-    sidecar: str
-    timeout: float
-
-    @property
-    def client(self) -> SidecarClient:
-        return SidecarClient(base_url=self.sidecar, timeout=self.timeout)
-
-
-pass_ctx = click.make_pass_decorator(CliContext)
-
-
-def json_option(fn: F) -> F:
-    return click.option(
-        "--json", "as_json", is_flag=True, help="Print JSON (stable schema) instead of a table."
-    )(fn)
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -54,7 +31,8 @@ def emit_json(data: Any) -> None:
     envvar="SIGNET_CLUSTER_SIDECAR",
     default=DEFAULT_SIDECAR,
     show_default=True,
-    help="Sidecar to talk to (any node; env SIGNET_CLUSTER_SIDECAR).",
+    help="Sidecar(s) to talk to: any node; several comma-separated are tried in order "
+    "(env SIGNET_CLUSTER_SIDECAR).",
 )
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer."
@@ -139,26 +117,35 @@ def serve(config_file: Path | None, **flags: Any) -> None:
 @json_option
 def check_config(config_file: Path | None, as_json: bool, **flags: Any) -> None:
     """Validate settings (defaults < TOML < env < flags) and print the result."""
+    from .keyring_cmds import key_summary
+
     settings = _settings_from(config_file, flags)
     values = describe(settings)
+    keys_line = key_summary(settings.secret_file, settings.keyring_file)  # ids only
     if as_json:
         emit_json(values)
         return
     for name, value in values.items():
         click.echo(f"{name} = {value!r}    ({env_name(name)})")
+    if keys_line:
+        click.echo(keys_line)
     click.echo(f"ok: {len(FIELDS)} settings valid")
 
 
 # -- cluster commands -------------------------------------------------------------------
 @cli.command()
 @json_option
+@watch_options
 @pass_ctx
-def status(ctx: CliContext, as_json: bool) -> None:
+def status(ctx: CliContext, as_json: bool, watch: bool, interval: float, count: int | None) -> None:
     """Show every node: state, address, daemon flavor/version/health, agents, heartbeat age.
 
     Exit code 0 when healthy, 3 when degraded (a node down, a daemon unhealthy, a stale
     routing table or an agent claimed twice), 4 when the sidecar cannot be reached.
+    With --watch the view refreshes in place until Ctrl-C.
     """
+    if watch:
+        sys.exit(watch_status(ctx.client, as_json=as_json, interval=interval, count=count))
     body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/status")))
     if as_json:
         emit_json(body)
@@ -170,11 +157,22 @@ def status(ctx: CliContext, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("address")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait (up to --timeout, progress on stderr) until the node heartbeats; "
+    "exit 3 if it does not.",
+)
 @json_option
 @pass_ctx
-def join(ctx: CliContext, address: str, as_json: bool) -> None:
+def join(ctx: CliContext, address: str, wait: bool, as_json: bool) -> None:
     """Add the sidecar at ADDRESS (HOST:PORT) to the cluster. Idempotent."""
     body = expect_ok(run_async(ctx.client.admin("POST", "/api/cluster/join", {"address": address})))
+    if wait:
+        from .progress import wait_until_alive
+
+        took = run_async(wait_until_alive(ctx.client, body["node_id"], ctx.timeout))
+        body["alive_after_s"] = round(took, 3)
     if as_json:
         emit_json(body)
         return
@@ -205,11 +203,24 @@ def remove(ctx: CliContext, node: str, as_json: bool) -> None:
 
 
 def _register_optional_commands() -> None:
+    from .cluster_cmds import adopt, promote
     from .demo import demo
     from .devdaemon_cmd import devdaemon
+    from .explain import explain_cmd
+    from .keyring_cmds import keygen, keyring
+    from .routing_cmds import resolve, routes
+    from .service import install_service
 
     cli.add_command(devdaemon)
     cli.add_command(demo)
+    cli.add_command(explain_cmd)
+    cli.add_command(keygen)
+    cli.add_command(keyring)
+    cli.add_command(install_service)
+    cli.add_command(adopt)
+    cli.add_command(promote)
+    cli.add_command(resolve)
+    cli.add_command(routes)
 
 
 _register_optional_commands()

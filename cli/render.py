@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from signet_cluster.explain import cluster_problems
+
+# Everything that makes the cluster degraded (shared with `explain` and the /cluster page).
+status_problems = cluster_problems
+
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [len(h) for h in headers]
@@ -37,28 +42,6 @@ def _daemon(daemon: dict[str, Any]) -> tuple[str, str]:
     version = daemon.get("version") or "?"
     health = "healthy" if daemon.get("healthy") else "UNHEALTHY"
     return f"{flavor} {version}", health
-
-
-def status_problems(status: dict[str, Any]) -> list[str]:
-    """Everything that makes the cluster degraded, one line each (empty when healthy)."""
-    problems = []
-    for node in status.get("nodes", []):
-        if node.get("state") != "alive":
-            problems.append(f"node {node['node_id']} is {node.get('state')}")
-        elif not (node.get("daemon") or {}).get("healthy"):
-            error = (node.get("daemon") or {}).get("error")
-            problems.append(
-                f"daemon on {node['node_id']} is unhealthy" + (f": {error}" if error else "")
-            )
-    view = status.get("view") or {}
-    if view.get("stale"):
-        problems.append(f"routing table is {view.get('age_s')}s old: no coordinator answers")
-    for collision in status.get("collisions", []):
-        problems.append(
-            f"agent {collision['agent_id']} is claimed by {', '.join(collision['claimants'])}; "
-            f"owner {collision['winner']} ({collision['rule']})"
-        )
-    return problems
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -116,4 +99,79 @@ def render_status(status: dict[str, Any]) -> str:
     lines.extend(f"  - {p}" for p in problems)
     for error in status.get("coordinator_errors", []):
         lines.append(f"  ! {error}")
+    return "\n".join(lines)
+
+
+def _policy(policy: str | None, group: str | None) -> str:
+    if policy == "group":
+        return f"group:{group}" if group else "group (no group: acts as isolated)"
+    return policy or "?"
+
+
+# Beyond this many nodes a section is summarised; `--json` has everything.
+MAX_NODES_SHOWN = 8
+
+
+def render_explanation(expl: dict[str, Any]) -> str:
+    """`explain AGENT` for people, from the Explanation's JSON form."""
+    agent = expl["agent_id"]
+    lines: list[str] = []
+    if not expl.get("known"):
+        lines.append(f"{agent}: not known to the cluster")
+    elif expl.get("owner") is None:
+        lines.append(
+            f"{agent}: node-local on every node ({_policy(expl.get('read_policy'), None)})"
+        )
+    else:
+        age = _age(expl.get("last_heartbeat_age_s"))
+        lines.append(
+            f"{agent}: owned by {expl['owner']} ({expl.get('owner_url')}), "
+            f"{expl.get('owner_state')}, last heartbeat {age}"
+        )
+        daemon, health = _daemon(expl.get("owner_daemon") or {})
+        route = expl.get("route")
+        collision = expl.get("collision")
+        lines.append(f"  policy:    {_policy(expl.get('read_policy'), expl.get('policy_group'))}")
+        lines.append(f"  daemon:    {daemon}, {health}")
+        lines.append(
+            f"  route:     {agent} → {route['node_id']} {route['url']}"
+            if route
+            else "  route:     none (the owner is not alive, so nothing routes to it)"
+        )
+        lines.append(
+            f"  collision: claimed by {', '.join(collision['claimants'])}; "
+            f"owner {collision['winner']} ({collision['rule']})"
+            if collision
+            else "  collision: none"
+        )
+        lines.append(f"Who can read {agent}'s memories:")
+        by_node: dict[str, list[str]] = {}
+        for reader in expl.get("readers", []):
+            by_node.setdefault(reader["node_id"], []).append(
+                f"{reader['agent_id']} ({reader['why']})"
+            )
+        for index, (node, who) in enumerate(sorted(by_node.items())):
+            if index == MAX_NODES_SHOWN:
+                lines.append(f"  ... and {len(by_node) - index} more node(s) (see --json)")
+                break
+            lines.append(f"  {node}: " + "; ".join(who))
+        lines.append(f"What {agent} reads:")
+        for index, source in enumerate(expl.get("reads", [])):
+            if index == MAX_NODES_SHOWN:
+                lines.append(f"  ... and {len(expl['reads']) - index} more (see --json)")
+                break
+            what = (
+                "its own memories"
+                if source["scope"] == "own"
+                else "global memories of " + ", ".join(source["agents"])
+            )
+            flag = "" if source["healthy"] else f"  [{source['state']}, unavailable]"
+            lines.append(f"  {source['node_id']}: {what}{flag}")
+    misses = expl.get("misses", [])
+    lines.append("Why a read would miss:" if misses else "Nothing makes a read miss right now.")
+    lines.extend(f"  - {m}" for m in misses)
+    notes = expl.get("notes", [])
+    if notes:
+        lines.append("By design:")
+        lines.extend(f"  - {n}" for n in notes)
     return "\n".join(lines)

@@ -13,17 +13,36 @@ from signet_cluster.registry import Registry
 from signet_cluster.settings import Settings
 from signet_cluster.state import StateStore
 
-from . import cluster_api, health, keys
+from . import (
+    admin_api,
+    admin_sync,
+    cluster_api,
+    contribute,
+    health,
+    keys,
+    metrics,
+    openapi,
+    routing_api,
+    topology,
+)
+from .auth import AuthState, auth_ctx, authenticate
+from .auth import routes as auth_routes
 from .coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
+from .etcd_backend import etcd_ctx
+from .failsafe import failsafe_ctx
 from .heartbeat import heartbeat_ctx
 from .identity import NodeIdentity
+from .limits import body_limits
 from .membership import Membership
+from .memory_routes import add_memory_api
 from .middlewares import errors, request_context
+from .passthrough import add_passthrough
 from .peers import PeerClient
+from .proxy import proxy_ctx
 from .watcher import watcher_ctx
 
-# Cluster messages are small; a heartbeat with the maximum 1,000 agents is about 150 KiB.
-MAX_BODY_BYTES = 1024 * 1024
+# Cluster messages are small; a heartbeat with the maximum 1,000 agents is about 150 KiB
+# (the limit is the max_body_bytes setting, default 1 MiB).
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -44,11 +63,25 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[keys.STATE] = store
     node_id = await store.node_id(settings.node_id)
-    identity = NodeIdentity(node_id=node_id, url=settings.url, coordinator=settings.coordinator)
+    # A run-time promotion (`signet-cluster promote`) outlives restarts.
+    promoted = await store.meta("coordinator")
+    coordinator = settings.coordinator if promoted is None else promoted == "1"
+    identity = NodeIdentity(node_id=node_id, url=settings.url, coordinator=coordinator)
     app[keys.IDENTITY] = identity
-    app[keys.PEERS] = PeerClient(app[keys.HTTP], node_id, settings.peer_timeout)
+    auth = app[keys.AUTH]
+    app[keys.PEERS] = PeerClient(
+        app[keys.HTTP],
+        node_id,
+        settings.peer_timeout,
+        signer=auth.signer(node_id),
+        ssl_context=lambda: auth.tls.client_context,
+    )
     membership = Membership(
-        self_url=settings.url, configured=settings.coordinators, state=store, clock=app[keys.CLOCK]
+        self_url=settings.url,
+        configured=settings.coordinators,
+        state=store,
+        clock=app[keys.CLOCK],
+        ttl=settings.ttl,
     )
     await membership.load()
     app[keys.MEMBERSHIP] = membership
@@ -57,14 +90,45 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_context, errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[request_context, errors, body_limits, authenticate],
+        client_max_size=settings.max_body_bytes,
+    )
     app[keys.SETTINGS] = settings
+    # Keys and certificates are read now: a sidecar that cannot authenticate does not start.
+    app[keys.AUTH] = AuthState(settings)
+    app[keys.AUTH].load()
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.REGISTRY] = Registry(
         ttl=settings.ttl, reap_after=settings.reap_after, clock=app[keys.CLOCK]
     )
     app[COORDINATOR] = CoordinatorState()
+    metrics.install(app)  # first: handlers and loops count into it from the start
     app.add_routes(health.routes)
     app.add_routes(cluster_api.routes)
-    app.cleanup_ctx.extend([http_ctx, state_ctx, watcher_ctx, coordinator_ctx, heartbeat_ctx])
+    app.add_routes(auth_routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(topology.routes)
+    app.add_routes(admin_api.routes)
+    app.add_routes(admin_sync.routes)
+    app.add_routes(routing_api.routes)
+    app.add_routes(contribute.routes)
+    add_memory_api(app)
+    app.cleanup_ctx.extend(
+        [
+            auth_ctx,
+            http_ctx,
+            state_ctx,
+            watcher_ctx,
+            coordinator_ctx,
+            admin_sync.admin_sync_ctx,
+            # With the etcd backend the registry lives in etcd: no heartbeats to send.
+            etcd_ctx if settings.registry_backend == "etcd" else heartbeat_ctx,
+            failsafe_ctx,
+            proxy_ctx,
+        ]
+    )
+    # Last, always: our namespace's 404, then the catch-all to the local daemon.
+    cluster_api.add_cluster_fallback(app)
+    add_passthrough(app)
     return app

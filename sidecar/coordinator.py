@@ -4,6 +4,8 @@ expire silent peers. Any sidecar can hold it (settings `coordinator = true`)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
@@ -11,14 +13,18 @@ import attrs
 import structlog
 from aiohttp import web
 
+from signet_cluster.converter import unstructure
 from signet_cluster.errors import Gone, NotCoordinator, ProtocolMismatch
-from signet_cluster.protocol import Heartbeat, HeartbeatReply
+from signet_cluster.protocol import Collision, Heartbeat, HeartbeatReply
 from signet_cluster.registry import Registry, RegistryEvent
 
 from . import keys
 from .membership import ClusterView
 
 log = structlog.get_logger("signet_cluster.coordinator")
+# Registries this large are rebuilt for heartbeat replies at most every COALESCE_S seconds.
+COALESCE_ABOVE = 100
+COALESCE_S = 0.25
 
 
 @attrs.define
@@ -27,6 +33,13 @@ class CoordinatorState:
 
     removed: set[str] = attrs.field(factory=set)
     reply_cache: tuple[str, HeartbeatReply] | None = None
+    # When reply_cache was built (time.monotonic: a cost throttle, not cluster time).
+    reply_built_at: float = 0.0
+    # Replies as JSON bytes by (registry tag, protocol, unchanged): a full reply is O(nodes)
+    # to serialise, and every node asks for the same few.
+    encoded: dict[tuple[str, int, bool], bytes] = attrs.field(factory=dict)
+    # Collisions already logged, so each is logged once when it appears or changes.
+    collisions: frozenset[Collision] = frozenset()
 
 
 COORDINATOR = web.AppKey("coordinator", CoordinatorState)
@@ -46,10 +59,19 @@ def coordinator_urls(app: web.Application) -> tuple[str, ...]:
 def full_reply(app: web.Application, protocol: int) -> HeartbeatReply:
     state = app[COORDINATOR]
     tag = registry_tag(app)
-    if state.reply_cache is not None and state.reply_cache[0] == tag:
+    registry = app[keys.REGISTRY]
+    if state.reply_cache is not None and (
+        state.reply_cache[0] == tag
+        # While many nodes join at once every heartbeat changes the registry, and rebuilding
+        # the O(nodes) reply for each is O(nodes²): a large registry is rebuilt at most every
+        # COALESCE_S. The reply names the version it holds, so nodes catch up next beat.
+        or (
+            len(registry) >= COALESCE_ABOVE
+            and time.monotonic() - state.reply_built_at < COALESCE_S
+        )
+    ):
         cached = state.reply_cache[1]
         return cached if cached.protocol == protocol else attrs.evolve(cached, protocol=protocol)
-    registry = app[keys.REGISTRY]
     routes, collisions = registry.routing()
     # Ages change every instant; they are only shown by `status`, so replies leave them out
     # and one reply object serves every node until the registry changes.
@@ -65,7 +87,20 @@ def full_reply(app: web.Application, protocol: int) -> HeartbeatReply:
         collisions=collisions,
     )
     state.reply_cache = (tag, reply)
+    state.reply_built_at = time.monotonic()
     return reply
+
+
+def encode_reply(app: web.Application, reply: HeartbeatReply) -> bytes:
+    """The reply as JSON, serialised once per registry version (and protocol)."""
+    encoded = app[COORDINATOR].encoded
+    key = (reply.registry, reply.protocol, reply.unchanged)
+    body = encoded.get(key)
+    if body is None:
+        if len(encoded) >= 8:
+            encoded.clear()  # older versions are never asked for again
+        body = encoded[key] = json.dumps(unstructure(reply)).encode()
+    return body
 
 
 def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatReply:
@@ -88,7 +123,9 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
             f"node {heartbeat.node_id} was removed from the cluster; run `signet-cluster join` to re-add it"
         )
     registry = app[keys.REGISTRY]
-    for event in registry.apply_heartbeat(heartbeat, protocol):
+    events = registry.apply_heartbeat(heartbeat, protocol)
+    app[keys.METRICS].observe_events(events)
+    for event in events:
         _log_event(event)
     reply = full_reply(app, protocol)
     if heartbeat.known_registry == reply.registry:
@@ -101,6 +138,20 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
             coordinators=reply.coordinators,
         )
     return reply
+
+
+def log_new_collisions(app: web.Application) -> None:
+    state = app[COORDINATOR]
+    current = frozenset(app[keys.REGISTRY].routing()[1])
+    for collision in sorted(current - state.collisions, key=lambda c: c.agent_id):
+        log.warning(
+            "agent_collision",
+            agent_id=collision.agent_id,
+            claimants=list(collision.claimants),
+            owner=collision.winner,
+            rule=collision.rule,
+        )
+    state.collisions = current
 
 
 def local_view(app: web.Application) -> ClusterView:
@@ -126,17 +177,14 @@ async def expiry_loop(app: web.Application) -> None:
     # Check four times per heartbeat interval so a node is marked down soon after its TTL.
     period = app[keys.SETTINGS].heartbeat_interval / 4
     while True:
-        for event in registry.expire():
+        events = registry.expire()
+        app[keys.METRICS].observe_events(events)
+        for event in events:
             _log_event(event)
         await asyncio.sleep(period)
 
 
 async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
-    state = app[COORDINATOR]
-    store = app[keys.STATE]
-    state.removed = await store.removed_nodes()
-    for row in await store.joined_peers():
-        app[keys.REGISTRY].mark_joined(str(row["node_id"]), str(row["url"]))
     task = asyncio.create_task(expiry_loop(app), name="expiry")
     yield
     task.cancel()

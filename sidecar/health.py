@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import keys
+from .etcd_backend import ETCD
 
 routes = web.RouteTableDef()
 
@@ -18,6 +19,8 @@ def readiness(app: web.Application) -> tuple[bool, str]:
     snapshot = app[keys.WATCHER].snapshot
     if not snapshot.healthy:
         return False, snapshot.error or "local daemon is not healthy"
+    if ETCD in app:
+        return app[ETCD].readiness()
     identity = app[keys.IDENTITY]
     membership = app[keys.MEMBERSHIP]
     targets = [u for u in membership.targets() if u != membership.self_url]

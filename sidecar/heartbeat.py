@@ -5,6 +5,7 @@ to its registry directly."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
@@ -42,47 +43,69 @@ def build_heartbeat(app: web.Application, known_registry: str | None) -> Heartbe
 
 async def send_heartbeat(app: web.Application, url: str) -> None:
     membership = app[keys.MEMBERSHIP]
+    metrics = app[keys.METRICS]
     membership.record_attempt(url)
     heartbeat = build_heartbeat(app, membership.known_registry(url))
+    metrics.heartbeats_sent.labels(coordinator=url).inc()
+    started = time.perf_counter()
     try:
         response = await app[keys.PEERS].call(
             "POST", url, "/api/cluster/heartbeat", unstructure(heartbeat)
         )
     except PeerUnreachable as exc:
-        _failure(app, url, exc.message)
+        _failure(app, url, exc.message, "unreachable")
         return
+    metrics.heartbeat_seconds.labels(coordinator=url).observe(time.perf_counter() - started)
     if response.status == 200:
         try:
             reply = structure(response.body, HeartbeatReply)
         except ClusterError as exc:
-            _failure(app, url, f"unusable heartbeat reply: {exc.message}")
+            _failure(app, url, f"unusable heartbeat reply: {exc.message}", "bad_reply")
             return
         was_failing = membership.contact(url).error is not None
         membership.record_reply(url, reply)
         if was_failing:
             log.info("coordinator_reachable", coordinator=url)
-        new = membership.learned_coordinators() - set(membership.targets())
-        if new:
-            log.info("coordinators_learned", coordinators=sorted(new))
-            await membership.add(tuple(sorted(new)))
+        await learn_coordinators(app)
         return
     error = response.body.get("error") if isinstance(response.body, dict) else None
     if response.status == 410:
         log.warning("removed_by_coordinator", coordinator=url)
+        metrics.heartbeats_failed.labels(coordinator=url, reason="removed").inc()
         membership.record_failure(url, "this node was removed from the cluster by the coordinator")
         await membership.remove((url,))
         return
     if response.status == 409:
-        _failure(app, url, f"protocol mismatch: {error}")
+        _failure(app, url, f"protocol mismatch: {error}", "protocol_mismatch")
         return
-    _failure(app, url, f"heartbeat answered {response.status}: {error or response.body!r}"[:300])
+    _failure(
+        app,
+        url,
+        f"heartbeat answered {response.status}: {error or response.body!r}"[:300],
+        "rejected",
+    )
 
 
-def _failure(app: web.Application, url: str, error: str) -> None:
+def _failure(app: web.Application, url: str, error: str, reason: str) -> None:
+    app[keys.METRICS].heartbeats_failed.labels(coordinator=url, reason=reason).inc()
     contact = app[keys.MEMBERSHIP].contact(url)
     if contact.error != error:
         log.warning("heartbeat_failed", coordinator=url, error=error)
     app[keys.MEMBERSHIP].record_failure(url, error)
+
+
+async def learn_coordinators(app: web.Application) -> None:
+    """Start heartbeating to coordinators named in replies (or in our own registry), and
+    forget learned ones that have been unreachable and unlisted for longer than reap_after."""
+    membership = app[keys.MEMBERSHIP]
+    new = membership.learned_coordinators() - set(membership.targets())
+    if new:
+        log.info("coordinators_learned", coordinators=sorted(new))
+        await membership.add(tuple(sorted(new)))
+    stale = membership.stale_coordinators(app[keys.SETTINGS].reap_after)
+    if stale:
+        log.info("coordinators_forgotten", coordinators=stale)
+        await membership.remove(tuple(stale))
 
 
 async def heartbeat_round(app: web.Application) -> None:
@@ -93,6 +116,7 @@ async def heartbeat_round(app: web.Application) -> None:
         # Our own heartbeat goes straight into our registry: no HTTP to ourselves.
         accept_heartbeat(app, build_heartbeat(app, None))
         membership.views[membership.self_url] = local_view(app)
+        await learn_coordinators(app)
     for url in membership.targets():
         if url == membership.self_url:
             continue

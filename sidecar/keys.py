@@ -13,9 +13,12 @@ from signet_cluster.settings import Settings
 from signet_cluster.state import StateStore
 
 if TYPE_CHECKING:
+    from .auth import AuthState
     from .identity import NodeIdentity
     from .membership import Membership
+    from .metrics import Metrics
     from .peers import PeerClient
+    from .proxy import ProxyState
     from .watcher import DaemonWatcher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,3 +31,7 @@ IDENTITY: web.AppKey[NodeIdentity] = web.AppKey("identity")
 MEMBERSHIP: web.AppKey[Membership] = web.AppKey("membership")
 WATCHER: web.AppKey[DaemonWatcher] = web.AppKey("watcher")
 PEERS: web.AppKey[PeerClient] = web.AppKey("peers")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+AUTH: web.AppKey[AuthState] = web.AppKey("auth")
+# The memory API and federation (sidecar/proxy.py).
+PROXY: web.AppKey[ProxyState] = web.AppKey("proxy")

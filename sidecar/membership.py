@@ -7,12 +7,14 @@ import attrs
 
 from signet_cluster.clock import Clock
 from signet_cluster.protocol import Collision, HeartbeatReply, PeerView, RouteEntry
+from signet_cluster.registry import compute_routing
 from signet_cluster.state import StateStore
 
 
 @attrs.define(kw_only=True)
 class CoordinatorContact:
     url: str
+    first_attempt: float | None = None
     last_ok: float | None = None
     last_attempt: float | None = None
     error: str | None = None
@@ -73,15 +75,25 @@ class ClusterView:
 
 class Membership:
     def __init__(
-        self, *, self_url: str, configured: tuple[str, ...], state: StateStore, clock: Clock
+        self,
+        *,
+        self_url: str,
+        configured: tuple[str, ...],
+        state: StateStore,
+        clock: Clock,
+        ttl: float = 5.0,
     ) -> None:
         self.self_url = self_url.rstrip("/")
         self.configured = tuple(u.rstrip("/") for u in configured)
         self.state = state
         self.clock = clock
+        self.ttl = ttl
         self.persisted: list[str] = []
         self.contacts: dict[str, CoordinatorContact] = {}
         self.views: dict[str, ClusterView] = {}
+        # Failsafe: node id -> alive, from this sidecar's own probes while no coordinator
+        # answers (sidecar.failsafe). Empty whenever a coordinator is reachable.
+        self.direct: dict[str, bool] = {}
 
     async def load(self) -> None:
         self.persisted = await self.state.coordinators()
@@ -112,7 +124,10 @@ class Membership:
         return self.targets()
 
     def record_attempt(self, url: str) -> None:
-        self.contact(url).last_attempt = self.clock.monotonic()
+        contact = self.contact(url)
+        contact.last_attempt = self.clock.monotonic()
+        if contact.first_attempt is None:
+            contact.first_attempt = contact.last_attempt
 
     def record_reply(self, url: str, reply: HeartbeatReply) -> None:
         now = self.clock.monotonic()
@@ -134,13 +149,66 @@ class Membership:
         view = self.views.get(url)
         return view.registry if view is not None else None
 
+    def stale_coordinators(self, after: float) -> list[str]:
+        """Learned (not configured) coordinators that no current view lists and that have
+        not answered for `after` seconds: decommissioned, or removed from the cluster."""
+        now = self.clock.monotonic()
+        listed = self.learned_coordinators()
+        stale = []
+        for url in self.persisted:
+            if url in self.configured or url in listed or url == self.self_url:
+                continue
+            contact = self.contacts.get(url)
+            if contact is None or contact.error is None:
+                continue
+            since = contact.last_ok if contact.last_ok is not None else contact.first_attempt
+            if since is not None and now - since > after:
+                stale.append(url)
+        return stale
+
     def learned_coordinators(self) -> set[str]:
         learned: set[str] = set()
         for view in self.views.values():
             learned.update(u.rstrip("/") for u in view.coordinators)
         return learned
 
-    def latest(self) -> ClusterView | None:
+    def newest_view(self) -> ClusterView | None:
+        """The most recently received registry copy, as received."""
         if not self.views:
             return None
         return max(self.views.values(), key=lambda v: v.received_at)
+
+    def in_failsafe(self) -> bool:
+        """True when this member has coordinators but none answered within a TTL."""
+        targets = [u for u in self.targets() if u != self.self_url]
+        if not targets or self.newest_view() is None:
+            return False
+        now = self.clock.monotonic()
+        return not any(
+            (c := self.contacts.get(u)) is not None
+            and c.last_ok is not None
+            and now - c.last_ok <= self.ttl
+            for u in targets
+        )
+
+    def latest(self) -> ClusterView | None:
+        """The view to route with: the newest copy, corrected by direct peer checks while
+        no coordinator answers (failsafe)."""
+        view = self.newest_view()
+        if view is None or not self.direct:
+            return view
+        return failsafe_view(view, self.direct)
+
+
+def failsafe_view(view: ClusterView, direct: dict[str, bool]) -> ClusterView:
+    """`view` with each probed peer's state replaced by what the probe saw, and the routing
+    table recomputed by the same rule the coordinators use (adoptions kept)."""
+    peers = tuple(
+        attrs.evolve(p, state="alive" if direct[p.node_id] else "down")
+        if p.node_id in direct
+        else p
+        for p in view.peers
+    )
+    adoptions = {c.agent_id: c.winner for c in view.collisions if c.rule == "adopted"}
+    routes, collisions = compute_routing(peers, adoptions)
+    return attrs.evolve(view, peers=peers, routes=routes, collisions=collisions)

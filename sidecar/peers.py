@@ -4,14 +4,21 @@ pool, an explicit timeout on every call, and one place to authenticate requests.
 from __future__ import annotations
 
 import json
+import ssl
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import attrs
+from multidict import CIMultiDictProxy
+from yarl import URL
 
+from signet_cluster.auth import AUTH_HEADERS, Signer
 from signet_cluster.errors import PeerUnreachable
 
 HOP_HEADER = "x-signet-cluster-hop"
+# Headers aiohttp would add on its own; a forwarded request carries only the client's.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 
 
 @attrs.frozen
@@ -21,11 +28,41 @@ class PeerResponse:
     headers: dict[str, str]
 
 
+@attrs.frozen
+class RawResponse:
+    """A forwarded request's answer, untouched: status, every header, the body bytes."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class ForwardFailed(PeerUnreachable):
+    """A forwarded request got no answer. `connected` is False when the connection could
+    not even be opened (so the request was certainly not applied there)."""
+
+    def __init__(self, message: str, *, connected: bool, timed_out: bool) -> None:
+        super().__init__(message)
+        self.connected = connected
+        self.timed_out = timed_out
+
+
 class PeerClient:
-    def __init__(self, session: aiohttp.ClientSession, node_id: str, timeout: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        node_id: str,
+        timeout: float,
+        *,
+        signer: Signer | None = None,
+        ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
+    ) -> None:
         self.session = session
         self.node_id = node_id
         self.timeout = timeout
+        self.signer = signer
+        # Read per request, so reloaded certificates are used from the next connection on.
+        self.ssl_context = ssl_context or (lambda: None)
 
     async def call(
         self,
@@ -38,16 +75,18 @@ class PeerClient:
         params: dict[str, str] | None = None,
     ) -> PeerResponse:
         data = json.dumps(body).encode() if body is not None else b""
-        headers = {"Content-Type": "application/json", HOP_HEADER: self.node_id}
-        url = base_url.rstrip("/") + path
+        url = URL(base_url.rstrip("/") + path)
+        if params:
+            url = url.extend_query(params)
+        headers = self._headers(method, url, data, {"Content-Type": "application/json"})
         try:
             async with self.session.request(
                 method,
                 url,
                 data=data,
                 headers=headers,
-                params=params,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+                ssl=self._ssl(url),
             ) as resp:
                 raw = await resp.read()
                 try:
@@ -59,3 +98,67 @@ class PeerClient:
             raise PeerUnreachable(f"{method} {url} timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise PeerUnreachable(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+
+    def _headers(
+        self, method: str, url: URL, body: bytes, extra: Mapping[str, str]
+    ) -> dict[str, str]:
+        """The headers of every request to a peer: the one place they are built, and where
+        every request is signed (method, Host, path and query, body; signet_cluster.auth).
+        Signature headers and Host arriving in `extra` (a forwarded client's) are replaced."""
+        drop = {*AUTH_HEADERS, "host"}
+        headers = {k: v for k, v in extra.items() if k.lower() not in drop}
+        headers[HOP_HEADER] = self.node_id
+        host = url.host_port_subcomponent or ""
+        headers["Host"] = host
+        if self.signer is not None:
+            headers.update(self.signer.headers(method, host, url.raw_path_qs, body))
+        return headers
+
+    def _ssl(self, url: URL) -> ssl.SSLContext | bool:
+        """The cluster CA's context for https peers; True (system trust) when none is set."""
+        if url.scheme != "https":
+            return True
+        return self.ssl_context() or True
+
+    async def forward(
+        self,
+        method: str,
+        base_url: str,
+        path_qs: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float,
+    ) -> RawResponse:
+        """Relay one request to another sidecar as bytes (path and query already encoded)
+        and return its answer as bytes; raises ForwardFailed when there is none."""
+        url = URL(base_url.rstrip("/") + path_qs, encoded=True)
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=body,
+                headers=self._headers(method, url, body, headers),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                ssl=self._ssl(url),
+                auto_decompress=False,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                allow_redirects=False,
+            ) as resp:
+                return RawResponse(resp.status, resp.headers, await resp.read())
+        except TimeoutError:
+            raise ForwardFailed(
+                f"{method} {base_url} timed out after {timeout:g}s", connected=True, timed_out=True
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ForwardFailed(
+                f"cannot connect to {base_url}: {exc.os_error or exc}",
+                connected=False,
+                timed_out=False,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ForwardFailed(
+                f"{method} {base_url} failed: {exc or type(exc).__name__}",
+                connected=True,
+                timed_out=False,
+            ) from None

@@ -16,6 +16,7 @@ from signet_cluster.settings import Settings
 
 from . import keys
 from .app import make_app
+from .limits import server_options
 
 log = structlog.get_logger("signet_cluster.sidecar")
 
@@ -33,6 +34,7 @@ async def run_sidecar(
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
+        **server_options(settings),
     )
     await runner.setup()
     stop = stop or asyncio.Event()
@@ -42,8 +44,18 @@ async def run_sidecar(
         with suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
             installed.append(signum)
+    with suppress(NotImplementedError, RuntimeError, AttributeError):
+        # SIGHUP re-reads key and certificate files now (they are also polled each second).
+        loop.add_signal_handler(signal.SIGHUP, app[keys.AUTH].reload, True)
+        installed.append(signal.SIGHUP)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            backlog=1024,
+            ssl_context=app[keys.AUTH].tls.server_context(),
+        )
         await site.start()
         identity = app[keys.IDENTITY]
         log.info(
@@ -54,6 +66,7 @@ async def run_sidecar(
             coordinator=identity.coordinator,
             coordinators=list(settings.coordinators),
             daemon=settings.daemon_url,
+            auth=app[keys.AUTH].describe(),
         )
         await stop.wait()
         log.info("sidecar_stopping", grace_s=settings.shutdown_timeout)

@@ -82,11 +82,19 @@ def validation_problems(obj: object, path: str = "body") -> list[str]:
                     # attrs' own validators put the message first in a tuple of details.
                     message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else exc
                     problems.append(f"{message} @ {path}.{field.name}")
-            problems.extend(validation_problems(value, f"{path}.{field.name}"))
+            # Only messages and sequences have anything inside to check (this runs for
+            # every heartbeat a coordinator receives: no path strings for plain values).
+            if _nested(value):
+                problems.extend(validation_problems(value, f"{path}.{field.name}"))
     elif isinstance(obj, tuple | list):
         for index, item in enumerate(obj):
-            problems.extend(validation_problems(item, f"{path}[{index}]"))
+            if _nested(item):
+                problems.extend(validation_problems(item, f"{path}[{index}]"))
     return problems
+
+
+def _nested(value: object) -> bool:
+    return isinstance(value, tuple | list) or attrs.has(type(value))
 
 
 def structure(data: Any, cls: type[T], path: str = "body") -> T:

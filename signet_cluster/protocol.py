@@ -193,6 +193,19 @@ class JoinRequest:
 
 
 @attrs.frozen(kw_only=True)
+class AdoptRequest:
+    """`signet-cluster adopt AGENT NODE` (node None clears the override)."""
+
+    agent_id: str = attrs.field(validator=_agent_id)
+    node_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(_node_id))
+
+
+@attrs.frozen(kw_only=True)
+class PromoteRequest:
+    coordinator: bool
+
+
+@attrs.frozen(kw_only=True)
 class CoordinatorsUpdate:
     """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join)."""
 

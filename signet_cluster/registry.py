@@ -9,7 +9,7 @@ claim an agent the same deterministic rule picks the owner on every coordinator.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 import attrs
@@ -67,7 +67,7 @@ class Registry:
         self.clock = clock
         self.version = 0
         self._peers: dict[str, PeerRecord] = {}
-        self._adoptions: dict[str, str] = {}
+        self._adoptions: dict[str, str] = {}  # agent id -> node id chosen by an operator
         self._routes_cache: tuple[int, tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]] | None
         self._routes_cache = None
 
@@ -132,7 +132,7 @@ class Registry:
         self._bump()
         return True
 
-    def set_adoptions(self, adoptions: dict[str, str]) -> None:
+    def set_adoptions(self, adoptions: Mapping[str, str]) -> None:
         if adoptions != self._adoptions:
             self._adoptions = dict(adoptions)
             self._bump()
@@ -163,6 +163,9 @@ class Registry:
         return events
 
     # -- reads ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._peers)
+
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._peers
 
@@ -214,15 +217,15 @@ class Registry:
         """(routes to alive owners, collisions). Cached per registry version."""
         if self._routes_cache is not None and self._routes_cache[0] == self.version:
             return self._routes_cache[1]
-        result = compute_routing(self._peers.values(), self._adoptions)
+        result = compute_routing(self.peers(), self._adoptions)
         self._routes_cache = (self.version, result)
         return result
 
 
 def compute_routing(
-    records: Iterable[PeerRecord], adoptions: dict[str, str]
+    peers: Iterable[PeerView], adoptions: Mapping[str, str]
 ) -> tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]:
-    """Pick one owner per agent.
+    """Pick one owner per agent from the nodes' own reports.
 
     Every claimant that is still registered (alive or down) takes part, so an owner that is
     briefly down keeps its agents instead of handing them to another node (which would put
@@ -230,14 +233,12 @@ def compute_routing(
     an operator adoption wins; otherwise the claim with the earliest agent `created_at`,
     then the smallest node id. Only alive owners get a route.
     """
-    claims: dict[str, list[tuple[PeerRecord, AgentInfo]]] = {}
-    for record in records:
-        if record.heartbeat is None:
-            continue
-        for agent in record.heartbeat.agents:
+    claims: dict[str, list[tuple[PeerView, AgentInfo]]] = {}
+    for peer in peers:
+        for agent in peer.agents:
             if agent.id == LOCAL_AGENT:
                 continue
-            claims.setdefault(agent.id, []).append((record, agent))
+            claims.setdefault(agent.id, []).append((peer, agent))
     routes: list[RouteEntry] = []
     collisions: list[Collision] = []
     for agent_id in sorted(claims):
@@ -258,13 +259,13 @@ def compute_routing(
                     rule=rule,
                 )
             )
-        record, agent = winner
-        if record.state == "alive":
+        peer, agent = winner
+        if peer.state == "alive":
             routes.append(
                 RouteEntry(
                     agent_id=agent_id,
-                    node_id=record.node_id,
-                    url=record.url,
+                    node_id=peer.node_id,
+                    url=peer.url,
                     read_policy=agent.read_policy,
                     policy_group=agent.policy_group,
                 )

@@ -42,6 +42,21 @@ class Settings:
         default=(),
         metadata=_doc("Coordinator sidecar URLs to heartbeat to (comma-separated in the env)."),
     )
+    registry_backend: str = attrs.field(
+        default="coordinator",
+        metadata=_doc(
+            "Where the registry lives: coordinator (heartbeats to coordinator sidecars) or "
+            "etcd (leases, claims and watches in etcd; no coordinator)."
+        ),
+    )
+    etcd_endpoints: tuple[str, ...] = attrs.field(
+        default=("http://127.0.0.1:2379",),
+        metadata=_doc("etcd (>= 3.4) client URLs, tried in order (comma-separated in the env)."),
+    )
+    etcd_prefix: str = attrs.field(
+        default="/signet-cluster/",
+        metadata=_doc("Key prefix of this cluster's records in etcd (one prefix per cluster)."),
+    )
     daemon_url: str = attrs.field(
         default="http://127.0.0.1:3850", metadata=_doc("The local Signet daemon (loopback).")
     )
@@ -77,6 +92,46 @@ class Settings:
     daemon_timeout: float = attrs.field(
         default=10.0, metadata=_doc("Timeout in seconds for calls to the local daemon.")
     )
+    # -- routing and federation (sidecar/memory_routes.py, sidecar/federation.py) -----------
+    forward_timeout: float = attrs.field(
+        default=10.0,
+        metadata=_doc("Seconds a request routed to the agent's owner (another sidecar) may take."),
+    )
+    stream_idle_timeout: float = attrs.field(
+        default=300.0,
+        metadata=_doc(
+            "Seconds a passed-through request may wait for the next byte from the daemon "
+            "(event streams stay open longer than daemon_timeout)."
+        ),
+    )
+    fanout_node_timeout: float = attrs.field(
+        default=0.030,
+        metadata=_doc("Seconds each contributing node gets in a federated read (LAN default)."),
+    )
+    fanout_deadline: float = attrs.field(
+        default=0.040,
+        metadata=_doc("Seconds all contributing nodes together get in a federated read."),
+    )
+    breaker_failures: int = attrs.field(
+        default=3,
+        metadata=_doc("Failed contributions in a row after which a node is skipped for a while."),
+    )
+    breaker_cooldown: float = attrs.field(
+        default=5.0,
+        metadata=_doc("Seconds a failing node is skipped before one request probes it again."),
+    )
+    spool_max_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        metadata=_doc(
+            "Bytes of writes the spool keeps for unreachable owners; past it new ones get 503."
+        ),
+    )
+    spool_max_age: float = attrs.field(
+        default=86400.0,
+        metadata=_doc(
+            "Seconds the oldest spooled write may wait; past it new writes get 503 (none dropped)."
+        ),
+    )
     shutdown_timeout: float = attrs.field(
         default=8.0,
         metadata=_doc(
@@ -86,6 +141,67 @@ class Settings:
     log_level: str = attrs.field(default="info", metadata=_doc("debug, info, warning or error."))
     log_format: str = attrs.field(
         default="auto", metadata=_doc("auto (console on a terminal, else JSON), console or json.")
+    )
+    # -- security (see sidecar/auth.py); secrets live in files and are never printed --------
+    secret_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc("File holding the cluster secret (`signet-cluster keygen --out FILE`)."),
+    )
+    keyring_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "Keyring file (several keys, one primary) for rotation; replaces secret_file."
+        ),
+    )
+    auth_skew: float = attrs.field(
+        default=30.0,
+        metadata=_doc("Seconds a signed request's timestamp may differ from this node's clock."),
+    )
+    replay_cache_size: int = attrs.field(
+        default=100_000, metadata=_doc("Nonces remembered to refuse replayed requests (bounded).")
+    )
+    allow_unsigned_loopback_admin: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "Let unsigned callers on loopback join, remove, adopt (off: they must sign)."
+        ),
+    )
+    daemon_auth_mode: str = attrs.field(
+        default="auto",
+        metadata=_doc(
+            "The daemon's auth.mode (auto reads agent.yaml): in team mode a bearer token from "
+            "another host is passed to the daemon to judge."
+        ),
+    )
+    tls_cert_file: str | None = attrs.field(
+        default=None, metadata=_doc("PEM certificate (chain) of this node: serve HTTPS.")
+    )
+    tls_key_file: str | None = attrs.field(
+        default=None, metadata=_doc("PEM private key of tls_cert_file.")
+    )
+    tls_ca_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "CA that issues node certificates: verify peers and client certificates (mTLS)."
+        ),
+    )
+    max_body_bytes: int = attrs.field(
+        default=1024 * 1024,
+        metadata=_doc("Largest request body the sidecar reads (cluster messages, memory calls)."),
+    )
+    max_upload_bytes: int = attrs.field(
+        default=64 * 1024 * 1024,
+        metadata=_doc("Largest body passed through to the daemon (document uploads)."),
+    )
+    max_header_bytes: int = attrs.field(
+        default=8190, metadata=_doc("Longest request line or header field accepted.")
+    )
+    idle_timeout: float = attrs.field(
+        default=75.0,
+        metadata=_doc("Seconds a connection may idle or take to send its request headers."),
+    )
+    body_timeout: float = attrs.field(
+        default=30.0, metadata=_doc("Seconds a client has to send a body the sidecar reads.")
     )
 
     @property
@@ -101,7 +217,8 @@ class Settings:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def workspace_path(self) -> Path:
@@ -288,18 +405,30 @@ def validate(settings: Settings) -> list[str]:
     for url in settings.coordinators:
         if not _URL.match(url):
             problems.append(f"coordinators: {url!r} is not an http(s)://host:port URL")
+    problems.extend(_registry_problems(settings))
     positive = (
         "heartbeat_interval",
         "reap_after",
         "roster_refresh",
         "peer_timeout",
         "daemon_timeout",
+        "forward_timeout",
+        "stream_idle_timeout",
+        "fanout_node_timeout",
+        "fanout_deadline",
+        "breaker_cooldown",
+        "spool_max_bytes",
+        "spool_max_age",
     )
     for name in positive:
         if getattr(settings, name) <= 0:
             problems.append(f"{name}: must be greater than 0")
     if settings.shutdown_timeout < 0:
         problems.append("shutdown_timeout: must not be negative")
+    if settings.fanout_node_timeout > settings.fanout_deadline:
+        problems.append("fanout_node_timeout: must not be longer than fanout_deadline")
+    if settings.breaker_failures < 1:
+        problems.append("breaker_failures: must be at least 1")
     if settings.peer_ttl is not None and settings.peer_ttl <= settings.heartbeat_interval:
         problems.append("peer_ttl: must be longer than heartbeat_interval")
     if settings.log_level not in ("debug", "info", "warning", "error"):
@@ -308,6 +437,68 @@ def validate(settings: Settings) -> list[str]:
         )
     if settings.log_format not in ("auto", "console", "json"):
         problems.append(f"log_format: one of auto, console, json; got {settings.log_format!r}")
+    problems.extend(_security_problems(settings))
+    return problems
+
+
+def _security_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    if settings.secret_file and settings.keyring_file:
+        problems.append("secret_file and keyring_file: set one of them, not both")
+    if settings.auth_skew <= 0:
+        problems.append("auth_skew: must be greater than 0")
+    if settings.replay_cache_size < 100:
+        problems.append("replay_cache_size: must be at least 100")
+    if settings.daemon_auth_mode not in ("auto", "local", "hybrid", "team"):
+        problems.append(
+            f"daemon_auth_mode: one of auto, local, hybrid, team; got {settings.daemon_auth_mode!r}"
+        )
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        problems.append("tls_cert_file and tls_key_file: set both or neither")
+    if settings.max_body_bytes < 1024:
+        problems.append("max_body_bytes: must be at least 1024")
+    if settings.max_upload_bytes < settings.max_body_bytes:
+        problems.append("max_upload_bytes: must be at least max_body_bytes")
+    if settings.max_header_bytes < 1024:
+        problems.append("max_header_bytes: must be at least 1024")
+    for name in ("idle_timeout", "body_timeout"):
+        if getattr(settings, name) <= 0:
+            problems.append(f"{name}: must be greater than 0")
+    secured = bool(settings.secret_file or settings.keyring_file) or bool(
+        settings.tls_cert_file and settings.tls_key_file and settings.tls_ca_file
+    )
+    if not settings.binds_loopback_only and not secured:
+        problems.append(
+            f"host: {settings.host!r} is reachable from other machines but no cluster key or "
+            "mTLS is configured; set secret_file or keyring_file (`signet-cluster keygen`), or "
+            "tls_cert_file + tls_key_file + tls_ca_file, or listen on 127.0.0.1"
+        )
+    return problems
+
+
+def _registry_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    if settings.registry_backend not in ("coordinator", "etcd"):
+        problems.append(
+            f"registry_backend: one of coordinator, etcd; got {settings.registry_backend!r}"
+        )
+    for url in settings.etcd_endpoints:
+        if not _URL.match(url):
+            problems.append(f"etcd_endpoints: {url!r} is not an http(s)://host:port URL")
+    prefix = settings.etcd_prefix
+    if not prefix.endswith("/") or len(prefix) > 200 or any(c.isspace() for c in prefix):
+        problems.append(
+            f"etcd_prefix: up to 200 characters without spaces, ending in '/'; got {prefix!r}"
+        )
+    if settings.registry_backend == "etcd":
+        if not settings.etcd_endpoints:
+            problems.append("etcd_endpoints: registry_backend = etcd needs at least one URL")
+        # With etcd nobody heartbeats to a coordinator; a setting that would be ignored
+        # silently is refused instead.
+        if settings.coordinator or settings.coordinators:
+            problems.append(
+                "registry_backend = etcd replaces coordinators: unset coordinator/coordinators"
+            )
     return problems
 
 

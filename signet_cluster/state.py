@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from .admin import AdminState, Adoption, NodeDecision, merge
 
 T = TypeVar("T")
 
@@ -26,9 +28,27 @@ migrations = Migrations("signet-cluster-state")
 @migrations()
 def m001_initial(db: Database) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key")
-    db.table("joined_peers").create({"node_id": str, "url": str, "joined_at": float}, pk="node_id")
+    # Coordinator side: operator decisions (see signet_cluster.admin), newest per key wins.
+    db.table("admin_nodes").create(
+        {"node_id": str, "url": str, "state": str, "at": float}, pk="node_id"
+    )
+    db.table("admin_adoptions").create(
+        {"agent_id": str, "node_id": str, "at": float}, pk="agent_id"
+    )
+    # Member side: coordinators this node was told about (join) or learned from replies.
     db.table("coordinators").create({"url": str, "added_at": float}, pk="url")
-    db.table("removed_nodes").create({"node_id": str, "removed_at": float}, pk="node_id")
+
+
+def _admin_state(db: Database) -> AdminState:
+    nodes = tuple(
+        NodeDecision(node_id=r["node_id"], url=r["url"], state=r["state"], at=r["at"])
+        for r in db.query("select * from admin_nodes order by node_id")
+    )
+    adoptions = tuple(
+        Adoption(agent_id=r["agent_id"], node_id=r["node_id"], at=r["at"])
+        for r in db.query("select * from admin_adoptions order by agent_id")
+    )
+    return AdminState(nodes=nodes, adoptions=adoptions)
 
 
 class StateStore:
@@ -89,40 +109,53 @@ class StateStore:
 
         return await self._run(_get)
 
+    async def meta(self, key: str) -> str | None:
+        rows = await self._run(
+            lambda db: list(db.query("select value from meta where key = ?", [key]))
+        )
+        return str(rows[0]["value"]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(lambda db: db.table("meta").upsert({"key": key, "value": value}, pk="key"))
+
     # -- coordinator side ----------------------------------------------------------------
-    async def joined_peers(self) -> list[dict[str, Any]]:
-        return await self._run(
-            lambda db: list(db.query("select * from joined_peers order by node_id"))
-        )
+    async def admin_state(self) -> AdminState:
+        def _read(db: Database) -> AdminState:
+            return _admin_state(db)
 
-    async def add_joined(self, node_id: str, url: str) -> None:
-        def _add(db: Database) -> None:
+        return await self._run(_read)
+
+    async def merge_admin(self, incoming: AdminState) -> tuple[AdminState, bool]:
+        """Merge `incoming` (last writer wins); returns the new state and whether it changed."""
+
+        def _merge(db: Database) -> tuple[AdminState, bool]:
             with db.atomic():
-                db.table("joined_peers").upsert(
-                    {"node_id": node_id, "url": url, "joined_at": time.time()}, pk="node_id"
-                )
-                db.execute("delete from removed_nodes where node_id = ?", [node_id])
+                current = _admin_state(db)
+                merged = merge(current, incoming)
+                if merged == current:
+                    return current, False
+                for node in merged.nodes:
+                    db.table("admin_nodes").upsert(
+                        {
+                            "node_id": node.node_id,
+                            "url": node.url,
+                            "state": node.state,
+                            "at": node.at,
+                        },
+                        pk="node_id",
+                    )
+                for adoption in merged.adoptions:
+                    db.table("admin_adoptions").upsert(
+                        {
+                            "agent_id": adoption.agent_id,
+                            "node_id": adoption.node_id,
+                            "at": adoption.at,
+                        },
+                        pk="agent_id",
+                    )
+            return merged, True
 
-        await self._run(_add)
-
-    async def remove_node(self, node_id: str) -> None:
-        def _remove(db: Database) -> None:
-            with db.atomic():
-                db.execute("delete from joined_peers where node_id = ?", [node_id])
-                db.table("removed_nodes").upsert(
-                    {"node_id": node_id, "removed_at": time.time()}, pk="node_id"
-                )
-
-        await self._run(_remove)
-
-    async def removed_nodes(self) -> set[str]:
-        rows = await self._run(lambda db: list(db.query("select node_id from removed_nodes")))
-        return {str(r["node_id"]) for r in rows}
-
-    async def forget_removal(self, node_id: str) -> None:
-        await self._run(
-            lambda db: db.execute("delete from removed_nodes where node_id = ?", [node_id])
-        )
+        return await self._run(_merge)
 
     # -- member side ---------------------------------------------------------------------
     async def coordinators(self) -> list[str]:

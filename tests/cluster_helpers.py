@@ -4,7 +4,11 @@ loopback ports, started and stopped inside the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,12 +18,20 @@ import attrs
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from sidecar import keys
 from sidecar.app import make_app
+from sidecar.limits import server_options
+from signet_cluster.auth import Signer
 from signet_cluster.clock import Clock
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
+from signet_cluster.keyring import Keyring, new_key, save_keyring
 from signet_cluster.settings import Settings
+
+# The key every test cluster shares; conftest.py also puts it in SIGNET_CLUSTER_SECRET so a
+# CLI child process (`python -m cli`) signs with it too.
+TEST_SECRET = "signet-cluster-test-secret-not-for-production-use"
 
 
 def free_port() -> int:
@@ -74,12 +86,25 @@ class Node:
 
 
 class Cluster:
-    """Builds and tears down nodes; `session` is a plain client for the test's own calls."""
+    """Builds and tears down nodes; `session` is a plain client for the test's own calls.
+
+    Every node shares one cluster keyring (`keyring_path`, pass `keyring_file=None` to
+    `add` for a keyless node), and the harness's own get/post/delete are signed with it as
+    node `operator` (`signed=False` sends them bare; `request` sends anything)."""
+
+    OPERATOR = "operator"
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.nodes: dict[str, Node] = {}
         self.session: aiohttp.ClientSession | None = None
+        key = new_key(TEST_SECRET)
+        self.keyring = Keyring(keys=(key,), primary=key.id)
+        self.keyring_path = tmp_path / "cluster-keyring.json"
+        save_keyring(self.keyring_path, self.keyring)
+        self.signer = Signer(lambda: self.keyring, self.OPERATOR, wall=time.time)
+        # Client TLS for https sidecars (set by TLS tests).
+        self.ssl_context: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> Cluster:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -107,8 +132,10 @@ class Cluster:
         if overrides:
             node.settings = attrs.evolve(node.settings, **overrides)
         app = make_app(node.settings, clock=clock)
-        node.sidecar_server = TestServer(app, host="127.0.0.1", port=node.settings.port)
-        await node.sidecar_server.start_server()
+        node.sidecar_server = TestServer(app, host=node.settings.host, port=node.settings.port)
+        await node.sidecar_server.start_server(
+            ssl=app[keys.AUTH].tls.server_context(), **server_options(node.settings)
+        )
 
     async def stop_sidecar(self, node: Node) -> None:
         if node.sidecar_server is not None:
@@ -148,26 +175,86 @@ class Cluster:
             "roster_refresh": 0.5,
             "peer_timeout": 1.0,
             "daemon_timeout": 2.0,
+            "keyring_file": str(self.keyring_path),
         }
         values.update(settings)
         node.settings = Settings(**values)
         await self.start_sidecar(node, clock=clock)
         return node
 
-    async def get(self, url: str, **kw: Any) -> tuple[int, Any]:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes = b"",
+        headers: dict[str, str] | None = None,
+        signed: bool = True,
+        signer: Signer | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One request with exactly these bytes; signed by the harness unless told not to."""
         assert self.session is not None
-        async with self.session.get(url, **kw) as resp:
-            return resp.status, await resp.json(content_type=None)
+        target = URL(url)
+        if params:
+            target = target.extend_query(params)
+        sent = dict(headers or {})
+        if signed:
+            host = target.host_port_subcomponent or ""
+            sent["Host"] = host
+            sent.update((signer or self.signer).headers(method, host, target.raw_path_qs, data))
+        async with self.session.request(
+            method,
+            target,
+            # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
+            data=io.BytesIO(data) if len(data) > 1_000_000 else data,
+            headers=sent,
+            ssl=self.ssl_context if self.ssl_context is not None else True,
+        ) as resp:
+            raw = await resp.read()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except ValueError:
+                parsed = raw.decode("utf-8", "replace")
+            return resp.status, parsed, dict(resp.headers)
 
-    async def post(self, url: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        assert self.session is not None
-        async with self.session.post(url, json=body, **kw) as resp:
-            return resp.status, await resp.json(content_type=None)
+    async def _json(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        signed: bool,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {
+            **({"Content-Type": "application/json"} if body is not None else {}),
+            **(headers or {}),
+        }
+        status, parsed, _ = await self.request(
+            method, url, data=data, headers=headers, signed=signed, **kw
+        )
+        return status, parsed
 
-    async def delete(self, url: str, **kw: Any) -> tuple[int, Any]:
-        assert self.session is not None
-        async with self.session.delete(url, **kw) as resp:
-            return resp.status, await resp.json(content_type=None)
+    async def get(self, url: str, *, signed: bool = True, **kw: Any) -> tuple[int, Any]:
+        return await self._json("GET", url, None, signed, **kw)
+
+    async def post(
+        self, url: str, body: Any = None, *, signed: bool = True, **kw: Any
+    ) -> tuple[int, Any]:
+        return await self._json("POST", url, body, signed, **kw)
+
+    async def delete(self, url: str, *, signed: bool = True, **kw: Any) -> tuple[int, Any]:
+        return await self._json("DELETE", url, None, signed, **kw)
+
+    def signer_for(self, node_id: str) -> Signer:
+        """Sign as another node (a heartbeat must be signed by the node it describes)."""
+        return Signer(lambda: self.keyring, node_id, wall=time.time)
+
+    def cli_env(self) -> dict[str, str]:
+        """Environment that gives a `python -m cli` child this cluster's key."""
+        return {"SIGNET_CLUSTER_KEYRING_FILE": str(self.keyring_path)}
 
     async def status(self, node: Node) -> dict[str, Any]:
         code, body = await self.get(node.url + "/api/cluster/status")
@@ -186,7 +273,11 @@ class Cluster:
             states = {n["node_id"]: n["state"] for n in latest["nodes"]}
             return all(states.get(k) == v for k, v in expected.items())
 
-        await wait_for(check, timeout, f"states {expected} (last: {latest.get('nodes')})")
+        try:
+            await wait_for(check, timeout, f"states {expected}")
+        except AssertionError as exc:
+            seen = {n["node_id"]: n["state"] for n in latest.get("nodes", [])}
+            raise AssertionError(f"{exc}; last seen via {via.name}: {seen}") from None
         return latest
 
 

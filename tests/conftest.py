@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_helpers import Cluster
+from .cluster_helpers import TEST_SECRET, Cluster
+
+
+@pytest.fixture(autouse=True)
+def cluster_secret_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI processes the tests start sign with the test clusters' key (cluster_helpers)."""
+    monkeypatch.setenv("SIGNET_CLUSTER_SECRET", TEST_SECRET)
 
 
 @pytest.fixture

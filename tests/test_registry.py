@@ -4,8 +4,8 @@ driven by a manual clock."""
 from __future__ import annotations
 
 from signet_cluster.clock import ManualClock
-from signet_cluster.protocol import AgentInfo, DaemonInfo, Heartbeat, ProtocolRange
-from signet_cluster.registry import PeerRecord, Registry, compute_routing
+from signet_cluster.protocol import AgentInfo, DaemonInfo, Heartbeat, PeerView, ProtocolRange
+from signet_cluster.registry import Registry, compute_routing
 
 
 def hb(node: str, agents: list[AgentInfo], seq: int = 1, url: str | None = None) -> Heartbeat:
@@ -19,6 +19,22 @@ def hb(node: str, agents: list[AgentInfo], seq: int = 1, url: str | None = None)
         agents=tuple(agents),
         seq=seq,
         sent_at=1.0,
+    )
+
+
+def view(heartbeat: Heartbeat, state: str = "alive") -> PeerView:
+    return PeerView(
+        node_id=heartbeat.node_id,
+        url=heartbeat.url,
+        state=state,
+        joined=False,
+        coordinator=False,
+        protocol=1,
+        sidecar_version=heartbeat.sidecar_version,
+        instance_id=heartbeat.instance_id,
+        daemon=heartbeat.daemon,
+        agents=heartbeat.agents,
+        last_seen_age_s=0.0,
     )
 
 
@@ -88,9 +104,7 @@ def test_collision_rule_is_deterministic_and_order_independent() -> None:
     c = hb("node-c", [agent("writer")])
     winners = set()
     for order in ([a, b, c], [c, b, a], [b, c, a]):
-        records = [
-            PeerRecord(node_id=h.node_id, url=h.url, heartbeat=h, state="alive") for h in order
-        ]
+        records = [view(h) for h in order]
         routes, collisions = compute_routing(records, {})
         winners.add((routes[0].node_id, collisions[0].winner, collisions[0].claimants))
     assert winners == {("node-b", "node-b", ("node-a", "node-b", "node-c"))}
@@ -100,13 +114,7 @@ def test_collision_tie_breaks_on_node_id_and_adoption_overrides() -> None:
     """Same created_at: the smaller node id wins; an adoption beats the rule."""
     same = "2026-04-02T09:00:00.000Z"
     records = [
-        PeerRecord(
-            node_id=n,
-            url=f"http://{n}:1",
-            heartbeat=hb(n, [agent("w", created=same)]),
-            state="alive",
-        )
-        for n in ("zeta", "alpha")
+        view(hb(n, [agent("w", created=same)], url=f"http://{n}:1")) for n in ("zeta", "alpha")
     ]
     routes, collisions = compute_routing(records, {})
     assert routes[0].node_id == "alpha" and collisions[0].rule == "earliest_created_at"

@@ -1,0 +1,45 @@
+"""`signet-cluster explain AGENT`: owner, policy, readers, route, collisions and why a read
+would miss, worked out (signet_cluster.explain) from the status any sidecar serves."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from signet_cluster.converter import unstructure
+from signet_cluster.errors import ClusterError
+from signet_cluster.explain import ClusterPicture, explain
+
+from .client import EXIT_DEGRADED, EXIT_ERROR, CliError, expect_ok, run_async
+from .context import CliContext, emit_json, json_option, pass_ctx
+from .render import render_explanation
+
+
+@click.command("explain")
+@click.argument("agent")
+@json_option
+@pass_ctx
+def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
+    """Explain AGENT: its owner and last heartbeat, read policy and group, which agents on
+    which nodes can read its memories, what it reads, its route, collisions, and every
+    reason a read would miss right now.
+
+    Exit code 0 when nothing makes a read miss, 3 when something does (owner down, daemon
+    unhealthy, collision, a node it reads from down, stale routing table), 1 when no node
+    reports the agent, 4 when the sidecar cannot be reached.
+    """
+    body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/status")))
+    try:
+        picture = ClusterPicture.from_status(body)
+    except ClusterError as exc:
+        raise CliError(f"the sidecar's status is not understood: {exc.message}") from None
+    result = explain(picture, agent)
+    if as_json:
+        emit_json({**unstructure(result), "ok": result.ok})
+    else:
+        click.echo(render_explanation(unstructure(result)))
+    if not result.known:
+        sys.exit(EXIT_ERROR)
+    if result.misses:
+        sys.exit(EXIT_DEGRADED)

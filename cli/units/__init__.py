@@ -1,0 +1,1 @@
+"""Service unit templates rendered by `signet-cluster install-service` (package data)."""

@@ -1,0 +1,210 @@
+"""Hinted handoff: a remember whose owner cannot take it now is kept in this sidecar's
+spool (signet_cluster.spool) and answered 202 with its idempotency key and the owner; a
+loop replays each agent's writes in order once its owner is back.
+
+Replays travel as hop requests to the owner's sidecar (this node's own, when the owner is
+here and its daemon was restarting), marked as replays so the receiving sidecar answers
+503 instead of spooling them a second time. Only remembers are ever spooled: modify,
+forget and delete need the current state of the memory and get a 503 instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import suppress
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from signet_cluster.spool import Spool, SpoolEntry, SpoolFull, ensure_idempotency_key
+
+from . import keys
+from .peers import ForwardFailed
+
+log = structlog.get_logger("signet_cluster.handoff")
+
+SPOOL = web.AppKey("spool", Spool)
+REPLAY_HEADER = "x-signet-cluster-replay"
+# The request headers worth keeping with a spooled write (what the daemon reads).
+KEPT_HEADERS = (
+    "content-type",
+    "authorization",
+    "x-signet-session-key",
+    "x-signet-agent-id",
+    "x-signet-runtime-path",
+    "x-signet-actor",
+    "x-signet-actor-type",
+    "x-signet-session-id",
+    "x-signet-request-id",
+    "x-signet-no-hooks",
+)
+
+
+def is_replay(headers: Mapping[str, str]) -> bool:
+    return headers.get(REPLAY_HEADER) == "1"
+
+
+async def spool_write(
+    app: web.Application,
+    *,
+    agent_id: str,
+    owner: Mapping[str, str],
+    method: str,
+    path_qs: str,
+    headers: Mapping[str, str],
+    body: dict[str, Any],
+    why: str,
+) -> web.Response:
+    """Keep one remember durably; 202 with its key, or 503 when the spool is at a bound."""
+    key = ensure_idempotency_key(body, app[keys.IDENTITY].node_id)
+    data = json.dumps(body).encode()
+    kept = {k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
+    spool = app[SPOOL]
+    try:
+        seq = await asyncio.to_thread(
+            spool.add,
+            owner=owner["node_id"],
+            agent_id=agent_id,
+            method=method,
+            path=path_qs,
+            headers=kept,
+            body=data,
+            idempotency_key=key,
+        )
+    except SpoolFull as exc:
+        log.warning("spool_full", agent_id=agent_id, owner=owner["node_id"], reason=exc.reason)
+        response = web.json_response(
+            {
+                "error": f"agent {agent_id!r}'s owner {owner['node_id']} cannot take writes now "
+                f"({why}) and {exc.reason}; the write was not accepted",
+                "code": "spool_full",
+                "agent": agent_id,
+                "owner": dict(owner),
+            },
+            status=503,
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    app[REPLAY_WAKE].set()
+    log.info("write_spooled", agent_id=agent_id, owner=owner["node_id"], seq=seq, why=why)
+    return web.json_response(
+        {
+            "spooled": True,
+            "idempotencyKey": key,
+            "agent": agent_id,
+            "owner": dict(owner),
+            "reason": why,
+            "message": "accepted and stored durably; it will be written to the owner, in "
+            "order, as soon as the owner is reachable (retry-safe with this idempotencyKey)",
+        },
+        status=202,
+        headers={"x-signet-cluster-spooled": "1"},
+    )
+
+
+# Outcomes of one delivery attempt.
+DELIVERED, RETRY, REFUSED = "delivered", "retry", "refused"
+
+
+async def deliver(app: web.Application, entry: SpoolEntry) -> tuple[str, int, str]:
+    """Send one spooled write to the agent's current owner."""
+    from .routing import decide  # routing imports this module's siblings; keep import local
+
+    target = decide(app, entry.agent_id)
+    if target.kind == "unreachable":
+        return RETRY, 0, f"owner {target.node_id} is {target.owner_state}"
+    if target.kind == "local" and not app[keys.WATCHER].snapshot.healthy:
+        return RETRY, 0, "local daemon is not healthy"
+    headers = {**entry.headers, REPLAY_HEADER: "1", "x-signet-cluster-agent": entry.agent_id}
+    try:
+        raw = await app[keys.PEERS].forward(
+            entry.method,
+            target.url,
+            entry.path,
+            headers=headers,
+            body=entry.body,
+            timeout=app[keys.SETTINGS].forward_timeout,
+        )
+    except ForwardFailed as exc:
+        return RETRY, 0, exc.message
+    if 200 <= raw.status < 300:
+        return DELIVERED, raw.status, ""
+    text = raw.body[:300].decode("utf-8", "replace")
+    # 421: the sender's table was stale (ownership moving); 408/429/5xx: try again later.
+    if raw.status in (408, 421, 425, 429) or raw.status >= 500:
+        return RETRY, raw.status, text
+    return REFUSED, raw.status, text
+
+
+async def replay_agent(app: web.Application, agent_id: str) -> int:
+    """Replay one agent's writes in order until one cannot be delivered; returns how many went."""
+    spool = app[SPOOL]
+    sent = 0
+    while True:
+        entry = await asyncio.to_thread(spool.head, agent_id)
+        if entry is None:
+            return sent
+        outcome, status, error = await deliver(app, entry)
+        if outcome == DELIVERED:
+            await asyncio.to_thread(spool.done, entry.seq)
+            sent += 1
+            continue
+        if outcome == REFUSED:
+            await asyncio.to_thread(spool.dead_letter, entry, status, error)
+            log.error(
+                "spooled_write_refused",
+                agent_id=agent_id,
+                seq=entry.seq,
+                status=status,
+                error=error,
+            )
+            continue
+        await asyncio.to_thread(spool.failed, entry.seq, error)
+        return sent
+
+
+async def replay_round(app: web.Application) -> int:
+    agents = await asyncio.to_thread(app[SPOOL].agents)
+    counts = await asyncio.gather(*(replay_agent(app, a) for a in agents))
+    total = sum(counts)
+    if total:
+        remaining = (await asyncio.to_thread(app[SPOOL].stats)).depth
+        log.info("spool_replayed", delivered=total, remaining=remaining)
+    return total
+
+
+REPLAY_WAKE = web.AppKey("replay_wake", asyncio.Event)
+
+
+async def replay_loop(app: web.Application) -> None:
+    interval = app[keys.SETTINGS].heartbeat_interval
+    wake = app[REPLAY_WAKE]
+    while True:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=interval)
+        wake.clear()
+        try:
+            await replay_round(app)
+        except Exception:
+            log.exception("spool_replay_failed")
+
+
+async def handoff_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    spool = await asyncio.to_thread(
+        Spool,
+        settings.state_path / "spool.db",
+        max_bytes=settings.spool_max_bytes,
+        max_age=settings.spool_max_age,
+    )
+    app[SPOOL] = spool
+    app[REPLAY_WAKE] = asyncio.Event()
+    task = asyncio.create_task(replay_loop(app), name="spool-replay")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(spool.close)

@@ -1,0 +1,160 @@
+// The /cluster page: polls /api/cluster/topology and redraws. Everything that comes from the
+// cluster (node and agent ids, errors) is inserted as text, never as HTML.
+"use strict";
+
+(() => {
+  const POLICIES = ["isolated", "shared", "group"];
+  let refreshMs = 1000;
+  let updates = 0;
+
+  const byId = (id) => document.getElementById(id);
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, String(value));
+      else node[key] = value;
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function age(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    return seconds < 60 ? `${seconds.toFixed(1)} s ago` : `${Math.round(seconds / 60)} min ago`;
+  }
+
+  function policyOf(agent) {
+    if (agent.id === "default") return "default";
+    return POLICIES.includes(agent.read_policy) ? agent.read_policy : "isolated";
+  }
+
+  function chip(agent) {
+    const policy = policyOf(agent);
+    const label = agent.policy_group ? `${agent.id} · ${agent.policy_group}` : agent.id;
+    let title = policy === "default" ? "default: node-local, shared" : policy;
+    if (agent.policy_group) title += ` (group ${agent.policy_group})`;
+    if (agent.collision) title += agent.owner ? "; claimed twice, owner here" : "; claimed twice, owned elsewhere";
+    const classes = ["chip", `policy-${policy}`];
+    if (agent.collision) classes.push("collision");
+    if (!agent.owner) classes.push("not-owner");
+    return el(
+      "span",
+      {
+        class: classes.join(" "),
+        title,
+        "data-agent": agent.id,
+        "data-policy": policy,
+        "data-group": agent.policy_group,
+        "data-collision": agent.collision ? "yes" : null,
+      },
+      label,
+    );
+  }
+
+  function nodeCard(node) {
+    const alive = node.state === "alive";
+    const daemon = node.daemon || {};
+    const health = !alive ? "unknown" : daemon.healthy ? "healthy" : "unhealthy";
+    const daemonText = `${daemon.flavor || "?"} ${daemon.version || "?"} · ${
+      alive ? health : "unknown (node down)"
+    }${alive && daemon.error ? `: ${daemon.error}` : ""}`;
+    return el(
+      "article",
+      { class: "node", "data-node-id": node.node_id, "data-state": node.state, "data-health": health },
+      el(
+        "h3",
+        {},
+        node.node_id,
+        el("span", { class: `badge state-${alive ? "alive" : "down"}` }, node.state),
+        node.coordinator ? el("span", { class: "badge coordinator" }, "coordinator") : null,
+      ),
+      el(
+        "dl",
+        {},
+        el("dt", {}, "url"),
+        el("dd", {}, node.url || "?"),
+        el("dt", {}, "daemon"),
+        el("dd", { "data-field": "daemon" }, daemonText),
+        el("dt", {}, "heartbeat"),
+        el("dd", { "data-field": "heartbeat" }, age(node.heartbeat_age_s)),
+        el("dt", {}, "sidecar"),
+        el("dd", {}, `${node.sidecar_version || "?"} · protocol ${node.protocol ?? "?"}`),
+      ),
+      el("div", { class: "agents" }, ...node.agents.map(chip)),
+    );
+  }
+
+  function list(id, items) {
+    const target = byId(id);
+    target.replaceChildren(
+      ...(items.length ? items.map((text) => el("li", {}, text)) : [el("li", { class: "none" }, "none")]),
+    );
+  }
+
+  function render(doc) {
+    const degraded = doc.problems.length > 0;
+    const overall = byId("overall");
+    overall.dataset.state = degraded ? "degraded" : "healthy";
+    overall.textContent = degraded ? `degraded (${doc.problems.length})` : "healthy";
+    const source =
+      doc.source === "registry" ? "coordinator registry" : doc.source === "standalone" ? "standalone" : "copy";
+    byId("meta").textContent =
+      `${doc.nodes.length} nodes · ${doc.routes} routes · answered by ${doc.answered_by} (${source}) · ` +
+      `TTL ${doc.ttl_s} s · updated ${new Date(doc.generated_at * 1000).toLocaleTimeString()}`;
+    byId("nodes").replaceChildren(...doc.nodes.map(nodeCard));
+    list("problems", [...doc.problems, ...doc.coordinator_errors.map((e) => `coordinator: ${e}`)]);
+    list(
+      "groups",
+      Object.entries(doc.groups).map(
+        ([name, members]) => `${name}: ${members.map((m) => `${m.agent_id}@${m.node_id}`).join(", ")}`,
+      ),
+    );
+    list(
+      "collisions",
+      doc.collisions.map(
+        (c) => `${c.agent_id}: claimed by ${c.claimants.join(", ")}; owner ${c.winner} (${c.rule})`,
+      ),
+    );
+    const spool = doc.spool;
+    list(
+      "spool",
+      spool && typeof spool === "object"
+        ? Object.entries(spool).map(([key, value]) => `${key}: ${JSON.stringify(value)}`)
+        : [],
+    );
+    byId("banner").hidden = true;
+    updates += 1;
+    document.body.dataset.updates = String(updates);
+  }
+
+  function unreachable(error) {
+    const overall = byId("overall");
+    overall.dataset.state = "unreachable";
+    overall.textContent = "unreachable";
+    const banner = byId("banner");
+    banner.textContent = `Cannot reach the sidecar (${error}); retrying every ${refreshMs / 1000} s.`;
+    banner.hidden = false;
+  }
+
+  async function poll() {
+    try {
+      const response = await fetch("/api/cluster/topology", { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const doc = await response.json();
+      refreshMs = Math.round(doc.refresh_s * 1000);
+      render(doc);
+    } catch (error) {
+      unreachable(error.message || String(error));
+    } finally {
+      setTimeout(poll, refreshMs);
+    }
+  }
+
+  poll();
+})();

@@ -1,0 +1,78 @@
+"""Operator decisions every coordinator must agree on: which nodes were joined or removed,
+and which node owns a contested agent (`adopt`).
+
+Each entry carries the wall-clock time it was made; coordinators exchange their whole
+state and keep, per node and per agent, the newest entry (last writer wins). That makes
+replication idempotent and order-independent: a push that fails is repaired by the next
+periodic pull. Clock skew between coordinators can only reorder decisions taken within
+the skew of each other, which operators do not do to one node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+MEMBERSHIP_STATES = ("joined", "removed")
+
+
+@attrs.frozen(kw_only=True)
+class NodeDecision:
+    node_id: str
+    url: str | None
+    state: str = attrs.field(validator=attrs.validators.in_(MEMBERSHIP_STATES))
+    at: float
+
+
+@attrs.frozen(kw_only=True)
+class Adoption:
+    """`node_id` None means the adoption was cleared (back to the automatic rule)."""
+
+    agent_id: str
+    node_id: str | None
+    at: float
+
+
+@attrs.frozen(kw_only=True)
+class AdminState:
+    nodes: tuple[NodeDecision, ...] = ()
+    adoptions: tuple[Adoption, ...] = ()
+
+    def joined(self) -> dict[str, str]:
+        return {n.node_id: n.url or "" for n in self.nodes if n.state == "joined"}
+
+    def removed(self) -> set[str]:
+        return {n.node_id for n in self.nodes if n.state == "removed"}
+
+    def active_adoptions(self) -> dict[str, str]:
+        return {a.agent_id: a.node_id for a in self.adoptions if a.node_id is not None}
+
+
+def _newest_nodes(entries: Iterable[NodeDecision]) -> dict[str, NodeDecision]:
+    best: dict[str, NodeDecision] = {}
+    for entry in entries:
+        current = best.get(entry.node_id)
+        # Ties break on the state name so every coordinator picks the same entry.
+        if current is None or (entry.at, entry.state) > (current.at, current.state):
+            best[entry.node_id] = entry
+    return best
+
+
+def _newest_adoptions(entries: Iterable[Adoption]) -> dict[str, Adoption]:
+    best: dict[str, Adoption] = {}
+    for entry in entries:
+        current = best.get(entry.agent_id)
+        if current is None or (entry.at, entry.node_id or "") > (current.at, current.node_id or ""):
+            best[entry.agent_id] = entry
+    return best
+
+
+def merge(local: AdminState, remote: AdminState) -> AdminState:
+    """The union of both states, newest entry per node and per agent."""
+    nodes = _newest_nodes([*local.nodes, *remote.nodes])
+    adoptions = _newest_adoptions([*local.adoptions, *remote.adoptions])
+    return AdminState(
+        nodes=tuple(nodes[k] for k in sorted(nodes)),
+        adoptions=tuple(adoptions[k] for k in sorted(adoptions)),
+    )

@@ -1,0 +1,197 @@
+"""Several coordinators, failover, failsafe routing, run-time promotion, and operator
+decisions (join, adopt) replicated to every coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sidecar import keys
+
+from .cluster_helpers import Cluster, Node, registry_of, wait_for
+
+BOB = [{"name": "bob", "memory": {"read_policy": "shared"}}]
+DAVE = [{"name": "dave", "memory": {"read_policy": "shared"}}]
+
+
+async def local_routes(cluster: Cluster, node: Node) -> dict[str, str]:
+    _code, body = await cluster.get(node.url + "/api/cluster/status?local=1")
+    return {r["agent_id"]: r["node_id"] for r in body["routes"]}
+
+
+async def two_coordinators(cluster: Cluster) -> tuple[Node, Node, Node, Node]:
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
+    # c and d only know a; they must learn b from a's replies.
+    c = await cluster.add("c", BOB, coordinators=(a.url,))
+    d = await cluster.add("d", DAVE, coordinators=(a.url,))
+    await cluster.wait_states(a, {n: "alive" for n in "abcd"})
+    await cluster.wait_states(b, {n: "alive" for n in "abcd"})
+
+    async def converged() -> bool:
+        # Every member holds a current copy of both registries.
+        views = [v for m in (c, d) for v in m.app[keys.MEMBERSHIP].views.values()]
+        return len(views) == 4 and all(len(v.peers) == 4 for v in views)
+
+    await wait_for(converged, what="members to hold both registries")
+    return a, b, c, d
+
+
+async def test_members_learn_every_coordinator_and_each_keeps_the_whole_registry(
+    cluster: Cluster,
+) -> None:
+    """Adding a coordinator propagates through heartbeat replies; both registries hold every node."""
+    _a, b, c, d = await two_coordinators(cluster)
+    for member in (c, d):
+        assert b.url in member.app[keys.MEMBERSHIP].targets()
+    assert {p.node_id for p in registry_of(b).peers()} == {"a", "b", "c", "d"}
+    assert {r.agent_id: r.node_id for r in registry_of(b).routing()[0]} == {"bob": "c", "dave": "d"}
+
+
+async def test_failover_leaves_no_routing_gap_longer_than_a_ttl(cluster: Cluster) -> None:
+    """With one of two coordinators killed, a member keeps a route to every live agent:
+    no gap in its routing table longer than one TTL (measured, polling every 10 ms)."""
+    a, _b, c, _d = await two_coordinators(cluster)
+    ttl = c.settings.ttl  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    gap_started: float | None = None
+
+    async def watch(until: float) -> None:
+        nonlocal gap_started
+        while loop.time() < until:
+            routes = await local_routes(cluster, c)
+            now = loop.time()
+            if routes.get("dave") != "d":
+                gap_started = gap_started or now
+            elif gap_started is not None:
+                gaps.append(now - gap_started)
+                gap_started = None
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch(loop.time() + 3 * ttl))
+    await asyncio.sleep(0.05)
+    await cluster.stop_sidecar(a)
+    await watcher
+    if gap_started is not None:
+        gaps.append(loop.time() - gap_started)
+    assert all(gap < ttl for gap in gaps), gaps
+    # The member now routes from b's registry, which saw a go down.
+    status = await cluster.status(c)
+    assert {n["node_id"]: n["state"] for n in status["nodes"]}["a"] == "down"
+    assert status["answered_by"] == "b"
+
+
+async def test_failsafe_routing_with_every_coordinator_down(cluster: Cluster) -> None:
+    """With no coordinator answering, a member keeps routing from its last table, reports
+    the table's age in status and /readyz, and stops routing to a peer its own probes find dead."""
+    a, b, c, d = await two_coordinators(cluster)
+    await cluster.stop_sidecar(a)
+    await cluster.stop_sidecar(b)
+
+    async def in_failsafe() -> bool:
+        _code, body = await cluster.get(c.url + "/api/cluster/status")
+        return bool(body["view"].get("failsafe"))
+
+    await wait_for(in_failsafe, what="failsafe mode")
+    routes = await local_routes(cluster, c)
+    assert routes.get("dave") == "d"
+    code, ready = await cluster.get(c.url + "/readyz")
+    assert code == 503 and "routing from a table" in ready["reason"]
+    _code, body = await cluster.get(c.url + "/api/cluster/status")
+    assert body["view"]["stale"] is True and body["view"]["age_s"] > c.settings.ttl  # type: ignore[union-attr]
+    assert body["coordinator_errors"]
+
+    await cluster.stop_sidecar(d)
+
+    async def dave_unrouted() -> bool:
+        return "dave" not in await local_routes(cluster, c)
+
+    await wait_for(dave_unrouted, what="failsafe probe to drop d")
+    _code, body = await cluster.get(c.url + "/api/cluster/status")
+    assert {n["node_id"]: n["state"] for n in body["nodes"]}["d"] == "down"
+
+
+async def test_promote_at_run_time_propagates_to_members(cluster: Cluster) -> None:
+    """A member promoted to coordinator starts keeping the registry, every member learns of
+    it and heartbeats to it, and the role survives a restart of that sidecar."""
+    a = await cluster.add("a", [], coordinator=True)
+    c = await cluster.add("c", BOB, coordinators=(a.url,))
+    d = await cluster.add("d", DAVE, coordinators=(a.url,))
+    await cluster.wait_states(a, {"c": "alive", "d": "alive"})
+    code, body = await cluster.post(c.url + "/api/cluster/promote", {"coordinator": True})
+    assert code == 200 and body == {"node_id": "c", "coordinator": True, "was": False}
+    await wait_for(lambda: _targets_include(d, c.url), what="d to learn coordinator c")
+    await cluster.wait_states(c, {"a": "alive", "c": "alive", "d": "alive"})
+    await cluster.stop_sidecar(c)
+    await cluster.start_sidecar(c)
+    assert c.app[keys.IDENTITY].coordinator is True
+
+
+async def _targets_include(node: Node, url: str) -> bool:
+    return url in node.app[keys.MEMBERSHIP].targets()
+
+
+async def test_collision_resolves_identically_and_adopt_overrides_everywhere(
+    cluster: Cluster,
+) -> None:
+    """Two nodes claim `writer`: both coordinators pick the same owner (the earlier-created
+    claim); `adopt` on one coordinator moves it on both, and the choice survives a restart."""
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
+    writer = [{"name": "writer", "memory": {"read_policy": "shared"}}]
+    x = await cluster.add("x", writer, coordinators=(a.url, b.url))
+    y = await cluster.add("y", writer, coordinators=(a.url, b.url))
+    for coordinator in (a, b):
+        await cluster.wait_states(coordinator, {"x": "alive", "y": "alive"})
+    collisions = {}
+    for coordinator in (a, b):
+        status = await cluster.status(coordinator)
+        collisions[coordinator.name] = status["collisions"]
+    assert collisions["a"] == collisions["b"]
+    (collision,) = collisions["a"]
+    assert collision["claimants"] == ["x", "y"] and collision["rule"] == "earliest_created_at"
+    loser = "y" if collision["winner"] == "x" else "x"
+
+    code, body = await cluster.post(
+        a.url + "/api/cluster/adopt", {"agent_id": "writer", "node_id": loser}
+    )
+    assert code == 200 and body["owner"] == loser
+
+    async def b_agrees() -> bool:
+        routes = {r.agent_id: r.node_id for r in registry_of(b).routing()[0]}
+        return routes.get("writer") == loser
+
+    await wait_for(b_agrees, what="adoption replicated to b")
+    await cluster.stop_sidecar(b)
+    await cluster.start_sidecar(b)
+    await cluster.wait_states(b, {"x": "alive", "y": "alive"})
+    status = await cluster.status(b)
+    assert {r["agent_id"]: r["node_id"] for r in status["routes"]}["writer"] == loser
+    assert status["collisions"][0]["rule"] == "adopted"
+    code, body = await cluster.post(
+        a.url + "/api/cluster/adopt", {"agent_id": "writer", "node_id": "nobody"}
+    )
+    assert code == 400 and "does not host" in body["error"]
+    del x, y
+
+
+async def test_join_is_replicated_to_every_coordinator(cluster: Cluster) -> None:
+    """A node joined through one coordinator is a joined member on the other too."""
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
+    await cluster.wait_states(a, {"b": "alive"})
+    e = await cluster.add("e", BOB)
+    code, _ = await cluster.post(a.url + "/api/cluster/join", {"address": e.url})
+    assert code == 200
+
+    async def joined_on_b() -> bool:
+        record = registry_of(b).record("e")
+        return record is not None and record.joined
+
+    await wait_for(joined_on_b, what="join replicated to b")
+    await cluster.wait_states(b, {"e": "alive"})
+
+
+def _names(body: dict[str, Any]) -> set[str]:
+    return {n["node_id"] for n in body["nodes"]}

@@ -1,0 +1,239 @@
+"""Agent routing: the sidecar serves the daemon's memory API and sends each request to the
+agent's owner, in one hop, with the agent named on every cross-node request."""
+
+from __future__ import annotations
+
+from sidecar import keys
+from sidecar.membership import ClusterView
+from sidecar.peers import HOP_HEADER
+from signet_cluster.protocol import AgentInfo, DaemonInfo, PeerView, RouteEntry
+
+from .cluster_helpers import Cluster, Node
+from .routing_helpers import (
+    ALICE,
+    CAROL,
+    clear_requests,
+    client,
+    daemon_requests,
+    db_rows,
+    remember,
+    two_nodes,
+)
+
+SERVED_BY = "x-signet-cluster-served-by"
+
+
+async def test_recall_for_a_remote_agent_returns_the_owner_daemons_results(
+    cluster: Cluster,
+) -> None:
+    """A recall sent to node a for carol (isolated, on b) is answered by b's daemon as
+    carol: the same results b's daemon gives directly, and the response names b."""
+    a, b = await two_nodes(cluster)
+    mine = await remember(cluster, b.daemon_url, "carol keeps the deploy checklist", "carol")
+    await remember(cluster, a.daemon_url, "alice also has a deploy checklist", "alice")
+    body = {"query": "deploy checklist", "agentId": "carol"}
+    code, via_a, headers = await client(cluster, "POST", a.url + "/api/memory/recall", body)
+    assert code == 200, via_a
+    assert [r["id"] for r in via_a["results"]] == [mine]
+    assert headers[SERVED_BY] == "b"
+    _, direct, _ = await client(cluster, "POST", b.daemon_url + "/api/memory/recall", body)
+    assert [r["id"] for r in direct["results"]] == [mine]
+
+
+async def test_remote_remember_lands_in_the_owners_database_only(cluster: Cluster) -> None:
+    """carol's remember sent to a is stored by b's daemon under carol and never in a's
+    database (both SQLite files are read)."""
+    a, b = await two_nodes(cluster)
+    mem_id = await remember(cluster, a.url, "carol prefers short standups", "carol")
+    assert db_rows(b, "SELECT agent_id FROM memories WHERE id = ?", (mem_id,)) == [("carol",)]
+    assert db_rows(a, "SELECT COUNT(*) FROM memories WHERE content LIKE '%short standups%'") == [
+        (0,)
+    ]
+
+
+async def test_agent_id_is_on_every_cross_node_request(cluster: Cluster) -> None:
+    """Whatever names the agent (body, session key in the body or a header, query), the
+    owner's daemon receives the agent explicitly on every routed request."""
+    a, b = await two_nodes(cluster)
+    mem_id = await remember(cluster, b.daemon_url, "carol note one", "carol")
+    await clear_requests(cluster, b)
+    calls: list[tuple[str, str, object, dict[str, str]]] = [
+        ("POST", "/api/memory/recall", {"query": "note", "sessionKey": "agent:carol:s1"}, {}),
+        (
+            "POST",
+            "/api/memory/recall",
+            {"query": "note"},
+            {"x-signet-session-key": "agent:carol:s2"},
+        ),
+        (
+            "POST",
+            "/api/memory/remember",
+            {"content": "via header"},
+            {"x-signet-session-key": "agent:carol:s3"},
+        ),
+        ("GET", f"/api/memory/{mem_id}", None, {"x-signet-agent-id": "carol"}),
+        ("POST", "/api/hooks/session-start", {"harness": "t", "sessionKey": "agent:carol:s4"}, {}),
+    ]
+    for method, path, body, headers in calls:
+        code, answer, got = await client(cluster, method, a.url + path, body, headers=headers)
+        assert code == 200, (path, answer)
+        assert got[SERVED_BY] == "b"
+    seen = await daemon_requests(cluster, b)
+    assert len(seen) == len(calls)
+    for request in seen:
+        named = (request["body"] or {}).get("agentId") or request["query"].get("agentId")
+        assert named == "carol", request
+    assert not [r for r in await daemon_requests(cluster, a) if r["path"].startswith("/api/mem")]
+
+
+async def test_default_unknown_and_local_agents_stay_on_the_local_daemon(
+    cluster: Cluster,
+) -> None:
+    """`default`, an agent nobody claims and a local agent are served by the node's own
+    daemon; nothing reaches the other node."""
+    a, b = await two_nodes(cluster)
+    await clear_requests(cluster, b)
+    for agent in (None, "nobody-claims-me", "alice"):
+        mem_id = await remember(cluster, a.url, f"note for {agent}", agent)
+        assert db_rows(a, "SELECT agent_id FROM memories WHERE id = ?", (mem_id,)) == [
+            (agent or "default",)
+        ]
+    assert await daemon_requests(cluster, b) == []
+
+
+def _view(source: str, owner: PeerView) -> ClusterView:
+    return ClusterView(
+        source=source,
+        coordinator_id="x",
+        registry="stale:1",
+        peers=(owner,),
+        routes=(
+            RouteEntry(
+                agent_id="zed", node_id=owner.node_id, url=owner.url, read_policy="isolated"
+            ),
+        ),
+        collisions=(),
+        coordinators=(),
+        received_at=0.0,
+    )
+
+
+def _peer(node: Node) -> PeerView:
+    return PeerView(
+        node_id=node.name,
+        url=node.url,
+        state="alive",
+        joined=False,
+        coordinator=False,
+        protocol=1,
+        sidecar_version="0",
+        instance_id="i",
+        daemon=DaemonInfo(flavor="ts", healthy=True),
+        agents=(AgentInfo(id="zed", read_policy="isolated"),),
+        last_seen_age_s=0.0,
+    )
+
+
+async def test_stale_tables_on_two_nodes_never_loop(cluster: Cluster) -> None:
+    """x believes zed lives on y and y believes it lives on x (both tables stale, neither
+    owns zed): a write sent to x takes exactly one hop to y, which refuses it (421) instead
+    of sending it back; neither daemon stores anything."""
+    x = await cluster.add("x", [])
+    y = await cluster.add("y", [])
+    x.app[keys.MEMBERSHIP].views["stale"] = _view("stale", _peer(y))
+    y.app[keys.MEMBERSHIP].views["stale"] = _view("stale", _peer(x))
+    code, answer, headers = await client(
+        cluster, "POST", x.url + "/api/memory/remember", {"content": "loop?", "agentId": "zed"}
+    )
+    assert code == 421 and answer["code"] == "misrouted" and answer["node"] == "y"
+    assert "Retry-After" in headers
+    for node in (x, y):
+        assert db_rows(node, "SELECT COUNT(*) FROM memories") == [(0,)]
+        assert [r for r in await daemon_requests(cluster, node) if "memory" in r["path"]] == []
+
+
+async def test_a_hop_request_is_never_routed_again(cluster: Cluster) -> None:
+    """A request already marked as routed is served by this node's daemon only when this
+    node owns the agent; a's sidecar refuses one for carol instead of forwarding it to b."""
+    a, b = await two_nodes(cluster)
+    await clear_requests(cluster, b)
+    hop = {HOP_HEADER: "b", "Content-Type": "application/json"}
+    status, body, _ = await cluster.request(
+        "POST",
+        a.url + "/api/memory/remember",
+        data=b'{"content":"x","agentId":"carol"}',
+        headers=hop,
+    )
+    assert status == 421 and body["code"] == "misrouted"
+    status, body, _ = await cluster.request(
+        "POST",
+        a.url + "/api/memory/remember",
+        data=b'{"content":"alice via hop","agentId":"alice"}',
+        headers=hop,
+    )
+    assert status == 200
+    assert db_rows(a, "SELECT agent_id FROM memories WHERE id = ?", (body["id"],)) == [("alice",)]
+    assert await daemon_requests(cluster, b) == []
+
+
+async def test_modify_and_forget_of_another_agents_memory_are_refused(cluster: Cluster) -> None:
+    """On a TS daemon (which does not scope modify/forget), carol cannot modify, forget,
+    PATCH or DELETE bob's memory through the cluster: 403 naming the ids, nothing changed;
+    her own memory is modified normally."""
+    a, b = await two_nodes(cluster)
+    bobs = await remember(cluster, b.daemon_url, "bob owns this fact", "bob")
+    carols = await remember(cluster, b.daemon_url, "carol owns this fact", "carol")
+    refused = [
+        (
+            "POST",
+            "/api/memory/modify",
+            {"agentId": "carol", "patches": [{"id": bobs, "content": "hijacked", "reason": "x"}]},
+            {},
+        ),
+        (
+            "POST",
+            "/api/memory/forget",
+            {"agentId": "carol", "mode": "execute", "ids": [bobs], "reason": "x"},
+            {},
+        ),
+        (
+            "PATCH",
+            f"/api/memory/{bobs}",
+            {"content": "hijacked", "reason": "x"},
+            {"x-signet-agent-id": "carol"},
+        ),
+        ("DELETE", f"/api/memory/{bobs}?reason=x", None, {"x-signet-agent-id": "carol"}),
+    ]
+    for method, path, body, headers in refused:
+        for node in (a, b):
+            code, answer, _ = await client(cluster, method, node.url + path, body, headers=headers)
+            assert code == 403, (node.name, path, answer)
+            assert answer["ids"] == [bobs] and "error" in answer
+    assert db_rows(b, "SELECT content, is_deleted FROM memories WHERE id = ?", (bobs,)) == [
+        ("bob owns this fact", 0)
+    ]
+    ok = {"agentId": "carol", "patches": [{"id": carols, "content": "carol edited", "reason": "r"}]}
+    code, answer, _ = await client(cluster, "POST", a.url + "/api/memory/modify", ok)
+    assert code == 200 and answer["updated"] == 1, answer
+    code, answer, _ = await client(
+        cluster, "POST", a.url + "/api/memory/forget", {"agentId": "carol", "query": "fact"}
+    )
+    assert code == 400 and answer["code"] == "agent_scope_requires_ids"
+
+
+async def test_daemon_error_shapes_come_back_unchanged(cluster: Cluster) -> None:
+    """Malformed JSON, a missing query and an unknown agent get the daemon's own answers
+    (status and body) through the sidecar, not a sidecar error."""
+    a = await cluster.add("a", [ALICE, CAROL], coordinator=True)
+    cases = [
+        ("POST", "/api/memory/recall", b"{not json", {"Content-Type": "application/json"}),
+        ("POST", "/api/memory/remember", b"{}", {"Content-Type": "application/json"}),
+        ("POST", "/api/memory/recall", b'{"limit":3}', {"Content-Type": "application/json"}),
+        ("GET", "/api/agents/nobody", b"", {}),
+        ("GET", "/api/memory/no-such-id?agentId=ghost", b"", {}),
+    ]
+    for method, path, data, headers in cases:
+        direct = await client(cluster, method, a.daemon_url + path, raw=data, headers=headers)
+        routed = await client(cluster, method, a.url + path, raw=data, headers=headers)
+        assert routed[:2] == direct[:2], path
+        assert routed[2]["Content-Type"] == direct[2]["Content-Type"]

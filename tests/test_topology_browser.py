@@ -1,0 +1,108 @@
+"""The /cluster page in real headless Chromium against a live three-node cluster: nodes and
+agents coloured by policy, and a node going down shown without a reload."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from signet_cluster.clock import ManualClock
+
+from .cdp import Browser
+from .cluster_helpers import Cluster, wait_for
+
+ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
+BOB = [{"name": "bob", "memory": {"read_policy": "shared"}}]
+OPS = [
+    {"name": "carol", "memory": {"read_policy": {"type": "group", "group": "ops"}}},
+    {"name": "dave", "memory": {"read_policy": {"type": "group", "group": "ops"}}},
+]
+
+CARDS = """Object.fromEntries([...document.querySelectorAll('[data-node-id]')].map(
+  n => [n.dataset.nodeId, n.dataset.state]))"""
+CHIP_COLOURS = """Object.fromEntries([...document.querySelectorAll('#nodes [data-agent]')].map(
+  c => [c.dataset.agent + '@' + c.closest('[data-node-id]').dataset.nodeId,
+        [c.dataset.policy, getComputedStyle(c).backgroundColor]]))"""
+
+
+async def test_page_shows_the_cluster_and_a_node_going_down(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Chromium renders every node with its agents coloured by read policy (one colour per
+    policy), the coordinator marked; after a member stops and the coordinator's clock passes
+    the TTL, the same page (no reload) shows that node down and the cluster degraded. The
+    screenshot is a real picture, not a blank page."""
+    clock = ManualClock()
+    a = await cluster.add("a", ALICE, coordinator=True, clock=clock)
+    await cluster.add("b", BOB, coordinators=(a.url,))
+    c = await cluster.add("c", OPS, coordinators=(a.url,))
+    await cluster.wait_states(a, {"a": "alive", "b": "alive", "c": "alive"})
+
+    async with Browser(tmp_path / "chromium-profile") as browser:
+        await browser.navigate(a.url + "/cluster")
+
+        async def all_alive() -> bool:
+            cards = await browser.evaluate(CARDS)
+            return bool(cards == {"a": "alive", "b": "alive", "c": "alive"})
+
+        await wait_for(all_alive, what="three alive node cards")
+        # A marker that a reload would wipe: the later checks prove the page updated in place.
+        await browser.evaluate("window.__sameDocument = true")
+
+        chips = await browser.evaluate(CHIP_COLOURS)
+        assert set(chips) == {
+            "alice@a",
+            "default@a",
+            "bob@b",
+            "default@b",
+            "carol@c",
+            "dave@c",
+            "default@c",
+        }
+        by_policy: dict[str, set[str]] = {}
+        for policy, colour in chips.values():
+            by_policy.setdefault(policy, set()).add(colour)
+        assert set(by_policy) == {"isolated", "shared", "group", "default"}
+        assert all(len(colours) == 1 for colours in by_policy.values()), by_policy
+        assert len({next(iter(c)) for c in by_policy.values()}) == 4, "policies share a colour"
+        coordinator = await browser.evaluate(
+            "document.querySelector('[data-node-id=\"a\"] .badge.coordinator') !== null"
+        )
+        assert coordinator is True
+        daemon_b = await browser.evaluate(
+            'document.querySelector(\'[data-node-id="b"] [data-field="daemon"]\').textContent'
+        )
+        assert daemon_b.startswith("ts 0.145.7 · healthy")
+        assert await browser.evaluate("document.getElementById('overall').dataset.state") == (
+            "healthy"
+        )
+        groups = await browser.evaluate("document.getElementById('groups').textContent")
+        assert "ops: carol@c, dave@c" in groups
+
+        await cluster.stop_sidecar(c)
+        assert a.settings is not None
+        clock.advance(a.settings.ttl + 0.5)
+
+        async def c_down() -> bool:
+            cards = await browser.evaluate(CARDS)
+            return bool(cards.get("c") == "down" and cards.get("a") == "alive")
+
+        await wait_for(c_down, what="node c shown down on the open page")
+        assert await browser.evaluate("window.__sameDocument === true") is True
+        assert await browser.evaluate("document.getElementById('overall').dataset.state") == (
+            "degraded"
+        )
+        problems = await browser.evaluate("document.getElementById('problems').textContent")
+        assert "node c is down" in problems
+
+        shot = await browser.screenshot(tmp_path / "cluster.png")
+
+    image = Image.open(io.BytesIO(shot))
+    assert image.format == "PNG" and image.size[0] >= 800 and image.size[1] >= 600
+    colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) >= 16, "the screenshot is (nearly) blank"
+    # The policy colours themselves are on the picture (chips are solid fills).
+    present = {rgb for _count, rgb in colours}
+    assert {(192, 57, 43), (39, 174, 96), (47, 111, 214)} <= present
