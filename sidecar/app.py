@@ -30,6 +30,7 @@ from .auth import routes as auth_routes
 from .coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
 from .etcd_backend import etcd_ctx
 from .failsafe import failsafe_ctx
+from .handoff import handoff_ctx
 from .heartbeat import heartbeat_ctx
 from .identity import NodeIdentity
 from .limits import body_limits
@@ -120,12 +121,13 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
             http_ctx,
             state_ctx,
             watcher_ctx,
+            proxy_ctx,
             coordinator_ctx,
             admin_sync.admin_sync_ctx,
             # With the etcd backend the registry lives in etcd: no heartbeats to send.
             etcd_ctx if settings.registry_backend == "etcd" else heartbeat_ctx,
             failsafe_ctx,
-            proxy_ctx,
+            handoff_ctx,
         ]
     )
     # Last, always: our namespace's 404, then the catch-all to the local daemon.

@@ -25,6 +25,7 @@ from .auth import require_sender
 from .bodies import read_json
 from .coordinator import accept_heartbeat, coordinator_urls, encode_reply
 from .etcd_backend import ETCD
+from .handoff import current_summary
 
 log = structlog.get_logger("signet_cluster.cluster_api")
 routes = web.RouteTableDef()
@@ -77,6 +78,16 @@ def self_view(app: web.Application) -> PeerView:
     )
 
 
+def spool_status(app: web.Application) -> dict[str, Any] | None:
+    summary = current_summary(app)
+    if summary is None:
+        return None
+    body: dict[str, Any] = unstructure(summary)
+    oldest = summary.oldest_at
+    body["oldest_age_s"] = round(max(0.0, app[keys.CLOCK].time() - oldest), 1) if oldest else None
+    return body
+
+
 def local_status(app: web.Application) -> dict[str, Any]:
     """This sidecar's own answer: its registry on a coordinator, else its last copy."""
     identity = app[keys.IDENTITY]
@@ -92,6 +103,7 @@ def local_status(app: web.Application) -> dict[str, Any]:
         "local": {
             "daemon": unstructure(app[keys.WATCHER].snapshot.info()),
             "agents": unstructure(app[keys.WATCHER].snapshot.agents),
+            "spool": spool_status(app),
         },
         "coordinator_contacts": [
             membership.contact(u).summary(now)

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from signet_cluster.protocol import SpoolSummary
 from signet_cluster.spool import Spool, SpoolEntry, SpoolFull, ensure_idempotency_key
 
 from . import keys
@@ -27,6 +28,8 @@ from .peers import ForwardFailed
 log = structlog.get_logger("signet_cluster.handoff")
 
 SPOOL = web.AppKey("spool", Spool)
+# The spool as the last heartbeat should describe it (refreshed after every change).
+SPOOL_SUMMARY = web.AppKey("spool_summary", list[SpoolSummary])
 REPLAY_HEADER = "x-signet-cluster-replay"
 # The request headers worth keeping with a spooled write (what the daemon reads).
 KEPT_HEADERS = (
@@ -45,6 +48,27 @@ KEPT_HEADERS = (
 
 def is_replay(headers: Mapping[str, str]) -> bool:
     return headers.get(REPLAY_HEADER) == "1"
+
+
+def current_summary(app: web.Application) -> SpoolSummary | None:
+    holder = app.get(SPOOL_SUMMARY)
+    return holder[0] if holder else None
+
+
+async def refresh_summary(app: web.Application) -> SpoolSummary:
+    stats = await asyncio.to_thread(app[SPOOL].stats)
+    oldest_at = (
+        app[keys.CLOCK].time() - stats.oldest_age_s if stats.oldest_age_s is not None else None
+    )
+    summary = SpoolSummary(
+        depth=stats.depth,
+        bytes=stats.bytes,
+        # Whole seconds: the value must not wobble between heartbeats.
+        oldest_at=float(int(oldest_at)) if oldest_at is not None else None,
+        dead_letters=stats.dead_letters,
+    )
+    app[SPOOL_SUMMARY][:] = [summary]
+    return summary
 
 
 async def spool_write(
@@ -88,6 +112,7 @@ async def spool_write(
         )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
+    summary = await refresh_summary(app)
     app[REPLAY_WAKE].set()
     log.info("write_spooled", agent_id=agent_id, owner=owner["node_id"], seq=seq, why=why)
     return web.json_response(
@@ -97,6 +122,7 @@ async def spool_write(
             "agent": agent_id,
             "owner": dict(owner),
             "reason": why,
+            "spool": {"depth": summary.depth},
             "message": "accepted and stored durably; it will be written to the owner, in "
             "order, as soon as the owner is reachable (retry-safe with this idempotencyKey)",
         },
@@ -170,6 +196,8 @@ async def replay_round(app: web.Application) -> int:
     agents = await asyncio.to_thread(app[SPOOL].agents)
     counts = await asyncio.gather(*(replay_agent(app, a) for a in agents))
     total = sum(counts)
+    if agents:
+        await refresh_summary(app)
     if total:
         remaining = (await asyncio.to_thread(app[SPOOL].stats)).depth
         log.info("spool_replayed", delivered=total, remaining=remaining)
@@ -201,6 +229,8 @@ async def handoff_ctx(app: web.Application) -> AsyncIterator[None]:
         max_age=settings.spool_max_age,
     )
     app[SPOOL] = spool
+    app[SPOOL_SUMMARY] = []
+    await refresh_summary(app)
     app[REPLAY_WAKE] = asyncio.Event()
     task = asyncio.create_task(replay_loop(app), name="spool-replay")
     yield

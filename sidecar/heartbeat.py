@@ -18,6 +18,7 @@ from signet_cluster.protocol import Heartbeat, HeartbeatReply
 
 from . import keys
 from .coordinator import accept_heartbeat, local_view
+from .handoff import current_summary
 
 log = structlog.get_logger("signet_cluster.heartbeat")
 
@@ -38,6 +39,7 @@ def build_heartbeat(app: web.Application, known_registry: str | None) -> Heartbe
         sent_at=app[keys.CLOCK].time(),
         coordinator=identity.coordinator,
         known_registry=known_registry,
+        spool=current_summary(app),
     )
 
 

@@ -22,6 +22,7 @@ from signet_cluster.agent_resolution import RouteKind, resolve_agent
 from . import keys
 from .federation import federated_read, tag_hits
 from .forward import DaemonError, to_response
+from .handoff import is_replay, spool_write
 from .peers import HOP_HEADER, ForwardFailed
 from .proxy import (
     AGENT_ROUTED_HEADER,
@@ -35,7 +36,7 @@ from .proxy import (
     read_body,
     serve_local,
 )
-from .routing import decide, owns
+from .routing import Target, decide, owns
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -88,15 +89,31 @@ async def _dispatch(
         if kind.is_list_read:
             return await federated_read(request, kind, target, body, parsed)
         if target.kind == "local":
-            raw = await serve_local(request, kind, agent, body, parsed, explicit=False)
+            try:
+                raw = await serve_local(request, kind, agent, body, parsed, explicit=False)
+            except DaemonError as exc:
+                if kind not in SPOOLABLE or parsed is None:
+                    raise
+                outcome[0] = "spooled"
+                return await _spool(request, agent, parsed, f"the local daemon: {exc.message}")
             return to_response(raw, target.node_id)
         if target.kind == "unreachable":
             outcome[0] = "unreachable"
+            if kind in SPOOLABLE and parsed is not None:
+                outcome[0] = "spooled"
+                return await _spool(
+                    request, agent, parsed, f"owner is {target.owner_state}", target
+                )
             return owner_unreachable(app, target, None)
         try:
             raw = await forward_to_owner(request, target, body)
         except ForwardFailed as exc:
             outcome[0] = "unreachable"
+            if kind in SPOOLABLE and parsed is not None:
+                # Safe even if the owner got it before the failure: the daemon dedupes the
+                # replay by content hash (and by the idempotency key when the client sent one).
+                outcome[0] = "spooled"
+                return await _spool(request, agent, parsed, exc.message, target)
             return owner_unreachable(app, target, exc)
         return to_response(raw, target.node_id)
     except EarlyResponse as early:
@@ -124,7 +141,15 @@ async def _serve_hop(
     if not owns(app, agent):
         outcome[0] = "misrouted"
         return misrouted(app, agent)
-    raw = await serve_local(request, kind, agent, body, parsed, explicit=True)
+    try:
+        raw = await serve_local(request, kind, agent, body, parsed, explicit=True)
+    except DaemonError as exc:
+        # The owner's daemon is restarting: keep the write here (the owner's own spool),
+        # unless this is already a replay from a spool (then the sender keeps it).
+        if kind not in SPOOLABLE or parsed is None or is_replay(request.headers):
+            raise
+        outcome[0] = "spooled"
+        return await _spool(request, agent, parsed, f"the owner's daemon: {exc.message}")
     node = app[keys.IDENTITY].node_id
     if kind.is_list_read and request.headers.get(TAG_HEADER) == "1" and raw.status == 200:
         try:
@@ -140,6 +165,40 @@ async def _serve_hop(
                 headers={"x-signet-cluster-served-by": node},
             )
     return to_response(raw, node)
+
+
+# Only new memories are kept for later: modify/forget/delete depend on the memory's state
+# at the owner, so they get 503 while it is unreachable.
+SPOOLABLE = frozenset({RouteKind.REMEMBER, RouteKind.HOOK_REMEMBER})
+
+
+async def _spool(
+    request: web.Request,
+    agent: str,
+    parsed: dict[str, object],
+    why: str,
+    target: Target | None = None,
+) -> web.Response:
+    """Hand a remember to the spool (owner: `target`, or this node when it owns the agent)."""
+    app = request.app
+    if target is None:
+        owner = {
+            "node_id": app[keys.IDENTITY].node_id,
+            "url": app[keys.IDENTITY].url,
+            "state": "daemon unavailable",
+        }
+    else:
+        owner = {"node_id": target.node_id, "url": target.url, "state": target.owner_state}
+    return await spool_write(
+        app,
+        agent_id=agent,
+        owner=owner,
+        method=request.method,
+        path_qs=request.raw_path,
+        headers=request.headers,
+        body=dict(parsed),
+        why=why,
+    )
 
 
 def add_memory_api(app: web.Application) -> None:

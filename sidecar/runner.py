@@ -5,6 +5,7 @@ finish within `shutdown_timeout`, then stop the loops and close the state DB."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from contextlib import suppress
 
@@ -37,6 +38,9 @@ async def run_sidecar(
         **server_options(settings),
     )
     await runner.setup()
+    # Everything loaded so far (modules, the app) lives as long as the process: keep it out
+    # of the garbage collector's full passes, which otherwise rescan it every few seconds.
+    gc.freeze()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

@@ -105,6 +105,17 @@ class DaemonInfo:
 
 
 @attrs.frozen(kw_only=True)
+class SpoolSummary:
+    """Writes a sidecar holds for unreachable owners. `oldest_at` is a wall-clock time (not
+    an age) so an unchanged spool does not change the heartbeat every second."""
+
+    depth: int = attrs.field(validator=attrs.validators.ge(0))
+    bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    oldest_at: float | None = None
+    dead_letters: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+
+@attrs.frozen(kw_only=True)
 class Heartbeat:
     """Sent by every sidecar to every coordinator once per heartbeat interval."""
 
@@ -124,6 +135,7 @@ class Heartbeat:
     # "<coordinator instance>:<registry version>" of the last full reply this node holds, so
     # an unchanged registry is answered without re-sending the whole peer list.
     known_registry: str | None = None
+    spool: SpoolSummary | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -142,6 +154,7 @@ class PeerView:
     agents: tuple[AgentInfo, ...]
     last_seen_age_s: float | None
     seq: int | None = None
+    spool: SpoolSummary | None = None
 
     @property
     def alive(self) -> bool:

@@ -99,10 +99,19 @@ class Registry:
             or previous.instance_id != hb.instance_id
             or previous.coordinator != hb.coordinator
             or previous.sidecar_version != hb.sidecar_version
+            or previous.spool != hb.spool
         ):
             if previous is not None and previous.agents != hb.agents:
                 events.append(RegistryEvent(kind="roster_changed", node_id=hb.node_id))
             self._bump()
+        elif previous is not None:
+            # Nothing the registry shows changed: keep the stored objects and let this
+            # heartbeat's copies die young. Otherwise a coordinator promotes ~10 objects per
+            # node per second into the oldest GC generation, whose collections then take
+            # 100+ ms with a thousand nodes (bench/capacity.py).
+            hb = attrs.evolve(
+                hb, agents=previous.agents, daemon=previous.daemon, protocol=previous.protocol
+            )
         record.heartbeat = hb
         record.url = hb.url
         record.protocol = protocol
@@ -211,6 +220,7 @@ class Registry:
             if record.last_seen is not None
             else None,
             seq=hb.seq if hb else None,
+            spool=hb.spool if hb else None,
         )
 
     def routing(self) -> tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]:

@@ -17,7 +17,8 @@ import aiohttp
 import attrs
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer as _AiohttpTestServer
+from aiohttp.web_runner import AppRunner, BaseRunner
 from yarl import URL
 
 from sidecar import keys
@@ -32,6 +33,15 @@ from signet_cluster.settings import Settings
 # The key every test cluster shares; conftest.py also puts it in SIGNET_CLUSTER_SECRET so a
 # CLI child process (`python -m cli`) signs with it too.
 TEST_SECRET = "signet-cluster-test-secret-not-for-production-use"
+
+
+class TestServer(_AiohttpTestServer):
+    """aiohttp's test server, but a client hanging up does not cancel the handler — as in
+    production (sidecar/runner.py and the real daemons), so tests see what operators get."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return AppRunner(self.app, **kwargs)
 
 
 def free_port() -> int:

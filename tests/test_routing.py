@@ -86,6 +86,33 @@ async def test_agent_id_is_on_every_cross_node_request(cluster: Cluster) -> None
     assert not [r for r in await daemon_requests(cluster, a) if r["path"].startswith("/api/mem")]
 
 
+async def test_auth_and_signet_headers_reach_the_owners_daemon(cluster: Cluster) -> None:
+    """Authorization and the x-signet-* headers the daemon reads travel with the routed
+    request; the cluster's own headers do not reach the daemon."""
+    a, b = await two_nodes(cluster)
+    await clear_requests(cluster, b)
+    sent = {
+        "Authorization": "Bearer daemon-token",
+        "x-signet-actor": "ci-bot",
+        "x-signet-actor-type": "harness",
+        "x-signet-request-id": "req-42",
+        "x-signet-runtime-path": "plugin",
+        "x-signet-no-hooks": "1",
+    }
+    code, answer, _ = await client(
+        cluster,
+        "POST",
+        a.url + "/api/memory/remember",
+        {"content": "headers travel", "agentId": "carol"},
+        headers=sent,
+    )
+    assert code == 200, answer
+    [received] = await daemon_requests(cluster, b)
+    for name, value in sent.items():
+        assert received["headers"][name.lower()] == value
+    assert not [h for h in received["headers"] if h.startswith("x-signet-cluster-")]
+
+
 async def test_default_unknown_and_local_agents_stay_on_the_local_daemon(
     cluster: Cluster,
 ) -> None:

@@ -159,11 +159,12 @@ async def test_large_and_streaming_bodies_pass_through_both_ways(cluster: Cluste
 
 
 async def test_daemon_down_gives_a_clear_503(cluster: Cluster) -> None:
-    """With the local daemon gone, memory and pass-through calls get 503 naming it."""
+    """With the local daemon gone, memory and pass-through calls get 503 naming it (a
+    remember is spooled instead: test_spool_handoff.py)."""
     a = await cluster.add("a", [], coordinator=True)
     await cluster.stop_daemon(a)
     for method, path, body in [
-        ("POST", "/api/memory/remember", {"content": "x"}),
+        ("POST", "/api/memory/recall", {"query": "x"}),
         ("GET", "/api/features", None),
     ]:
         code, answer, _ = await client(cluster, method, a.url + path, body)
