@@ -72,13 +72,19 @@ class LabNode:
 class NetnsLab:
     """Build with `await lab.setup(rosters)`, always `await lab.teardown()`."""
 
-    def __init__(self, tmp_path: Path, heartbeat_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        heartbeat_interval: float = 0.2,
+        sidecar_env: dict[str, str] | None = None,
+    ) -> None:
         tag = f"{os.getpid() % 100000}"
         self.tmp_path = tmp_path
         self.bridge = f"scbr{tag}"
         self.prefix = f"sc{tag}"
         self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
         self.heartbeat_interval = heartbeat_interval
+        self.sidecar_env = sidecar_env or {}
         self.nodes: list[LabNode] = []
         self.secret_file = tmp_path / "cluster.secret"
         self.secret_file.write_text(generate_secret())
@@ -180,6 +186,7 @@ class NetnsLab:
                 "SIGNET_CLUSTER_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
                 "SIGNET_CLUSTER_SECRET_FILE": str(self.secret_file),
                 "SIGNET_CLUSTER_LOG_FORMAT": "json",
+                **self.sidecar_env,
             }
         )
         node.sidecar = await self._spawn(node, ["-m", "cli", "serve"], env, "sidecar.log")
