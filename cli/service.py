@@ -176,9 +176,9 @@ def machine_values(
     base = Path("/etc/signet-cluster") if kind == "system" else config_home() / "signet-cluster"
     config = (config or base / "config.toml").absolute()
     try:
-        # What the service will load (its file, if present, plus this environment), so the
-        # stop timeout matches its shutdown_timeout.
-        settings = load_settings(config_file=config if config.exists() else None)
+        # What the service will load (its settings file, if present; not this shell's
+        # environment), so the stop timeout matches its shutdown_timeout.
+        settings = load_settings(config_file=config if config.exists() else None, env={})
     except ConfigError as exc:
         raise CliError(
             f"{config} is not a valid configuration:\n  - " + "\n  - ".join(exc.problems)

@@ -122,12 +122,13 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
             state_ctx,
             watcher_ctx,
             proxy_ctx,
+            # Before the heartbeats, so the first one already describes the spool.
+            handoff_ctx,
             coordinator_ctx,
             admin_sync.admin_sync_ctx,
             # With the etcd backend the registry lives in etcd: no heartbeats to send.
             etcd_ctx if settings.registry_backend == "etcd" else heartbeat_ctx,
             failsafe_ctx,
-            handoff_ctx,
         ]
     )
     # Last, always: our namespace's 404, then the catch-all to the local daemon.

@@ -51,7 +51,12 @@ async def heartbeat(request: web.Request) -> web.Response:
         received.labels(outcome=exc.code).inc()
         raise
     received.labels(outcome="accepted").inc()
-    return web.Response(body=encode_reply(request.app, reply), content_type="application/json")
+    accepts = request.headers.get("Accept-Encoding", "")
+    body, encoding = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
+    response = web.Response(body=body, content_type="application/json")
+    if encoding is not None:
+        response.headers["Content-Encoding"] = encoding
+    return response
 
 
 @routes.get("/api/cluster/info")

@@ -8,9 +8,10 @@ hit's `agent_id` and `visibility` (`signet_cluster.visibility`). When that datab
 be read the node contributes nothing and answers 503 (fail closed), never unfiltered hits.
 
 Request:  {"reader": {"agent_id", "read_policy": "shared"|"group", "policy_group"?,
-           "node_id"?}, "recall": {"query", ...recall filters}, "limit": 1-50, "timeout_ms"}
-Response: {"node_id", "read_as", "hits": [recall hits + "cluster": {"node_id",
-           "agent_id"}], "fetched", "kept", "took_ms"}
+           "node_id"?}, "recall": {"query", ...recall filters} | "expand": {"entity",
+           "aspect"?, "maxTokens"?}, "limit": 1-50, "timeout_ms"}
+Response: {"node_id", "read_as", "hits": [recall hits (or expand's {id, content}) +
+           "cluster": {"node_id", "agent_id"}], "fetched", "kept", "took_ms"}
 """
 
 from __future__ import annotations
@@ -70,16 +71,26 @@ class Reader:
     node_id: str | None = None
 
 
-def _recall(_inst: object, _attr: object, value: dict[str, Any]) -> None:
-    query = value.get("query")
-    if not isinstance(query, str) or not query.strip():
+def _recall(_inst: object, _attr: object, value: dict[str, Any] | None) -> None:
+    query = value.get("query") if value is not None else ""
+    if value is not None and (not isinstance(query, str) or not query.strip()):
         raise ValueError("recall.query must be a non-empty string")
+
+
+def _expand(inst: ContributeRequest, _attr: object, value: dict[str, Any] | None) -> None:
+    if (value is None) == (inst.recall is None):
+        raise ValueError("give exactly one of recall and expand")
+    entity = value.get("entity") if value is not None else ""
+    if value is not None and (not isinstance(entity, str) or not entity.strip()):
+        raise ValueError("expand.entity must be a non-empty string")
 
 
 @attrs.frozen(kw_only=True)
 class ContributeRequest:
     reader: Reader
-    recall: dict[str, Any] = attrs.field(validator=_recall)
+    recall: dict[str, Any] | None = attrs.field(default=None, validator=_recall)
+    # Knowledge expand: {"entity", "aspect"?, "maxTokens"?}; the hits are its `memories`.
+    expand: dict[str, Any] | None = attrs.field(default=None, validator=_expand)
     limit: int = attrs.field(
         default=10, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_LIMIT)]
     )
@@ -98,7 +109,7 @@ class ContributionFailed(Exception):
 
 def overfetch(limit: int) -> int:
     """How many hits to ask the daemon for: filtering drops some (private, isolated)."""
-    return min(MAX_LIMIT, max(limit * 3, limit + 10))
+    return min(MAX_LIMIT, max(limit * 2, limit + 5))
 
 
 def read_as(snapshot: DaemonSnapshot, reader: Reader) -> str | None:
@@ -128,14 +139,20 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         raise ContributionFailed(
             409, f"node {node_id} has no shared agent to read its global memories as", "no_reader"
         )
-    body = {k: v for k, v in request.recall.items() if k in RECALL_FIELDS}
-    body["limit"] = overfetch(request.limit)
+    if request.expand is not None:
+        path, key, kind = "/api/knowledge/expand", "memories", RouteKind.EXPAND
+        body = {k: v for k, v in request.expand.items() if k in ("entity", "aspect", "maxTokens")}
+    else:
+        assert request.recall is not None
+        path, key, kind = "/api/memory/recall", "results", RouteKind.RECALL
+        body = {k: v for k, v in request.recall.items() if k in RECALL_FIELDS}
+        body["limit"] = overfetch(request.limit)
     plan = plan_request(
-        RouteKind.RECALL,
+        kind,
         snapshot.flavor,
         agent,
         method="POST",
-        path="/api/memory/recall",
+        path=path,
         query=[],
         headers={},
         body=body | {"agentId": agent},
@@ -144,11 +161,7 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
     try:
         raw = await state.daemon.send(
-            "POST",
-            "/api/memory/recall",
-            headers,
-            json.dumps(plan.body).encode(),
-            timeout=request.timeout_ms / 1000,
+            "POST", path, headers, json.dumps(plan.body).encode(), timeout=request.timeout_ms / 1000
         )
     except DaemonError as exc:
         raise ContributionFailed(
@@ -158,11 +171,13 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         answer = json.loads(raw.body) if raw.status == 200 else None
     except ValueError:
         answer = None
-    hits = answer.get("results") if isinstance(answer, dict) else None
+    hits = answer.get(key) if isinstance(answer, dict) else None
+    if raw.status == 404 and request.expand is not None:
+        hits = []  # this node does not know the entity: nothing to contribute
     if not isinstance(hits, list):
         text = raw.body[:200].decode("utf-8", "replace")
         raise ContributionFailed(
-            502, f"daemon recall answered {raw.status}: {text}", "daemon_error"
+            502, f"daemon {path} answered {raw.status}: {text}", "daemon_error"
         )
     ids = [h["id"] for h in hits if isinstance(h, dict) and isinstance(h.get("id"), str)]
     try:

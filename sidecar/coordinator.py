@@ -4,6 +4,7 @@ expire silent peers. Any sidecar can hold it (settings `coordinator = true`)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator
@@ -35,9 +36,9 @@ class CoordinatorState:
     reply_cache: tuple[str, HeartbeatReply] | None = None
     # When reply_cache was built (time.monotonic: a cost throttle, not cluster time).
     reply_built_at: float = 0.0
-    # Replies as JSON bytes by (registry tag, protocol, unchanged): a full reply is O(nodes)
-    # to serialise, and every node asks for the same few.
-    encoded: dict[tuple[str, int, bool], bytes] = attrs.field(factory=dict)
+    # Replies as JSON bytes by (registry tag, protocol, unchanged, gzip): a full reply is
+    # O(nodes) to serialise, and every node asks for the same few.
+    encoded: dict[tuple[str, int, bool, bool], bytes] = attrs.field(factory=dict)
     # Collisions already logged, so each is logged once when it appears or changes.
     collisions: frozenset[Collision] = frozenset()
 
@@ -66,8 +67,7 @@ def full_reply(app: web.Application, protocol: int) -> HeartbeatReply:
         # the O(nodes) reply for each is O(nodes²): a large registry is rebuilt at most every
         # COALESCE_S. The reply names the version it holds, so nodes catch up next beat.
         or (
-            len(registry) >= COALESCE_ABOVE
-            and time.monotonic() - state.reply_built_at < COALESCE_S
+            len(registry) >= COALESCE_ABOVE and time.monotonic() - state.reply_built_at < COALESCE_S
         )
     ):
         cached = state.reply_cache[1]
@@ -91,16 +91,25 @@ def full_reply(app: web.Application, protocol: int) -> HeartbeatReply:
     return reply
 
 
-def encode_reply(app: web.Application, reply: HeartbeatReply) -> bytes:
-    """The reply as JSON, serialised once per registry version (and protocol)."""
+def encode_reply(
+    app: web.Application, reply: HeartbeatReply, *, gzip_ok: bool = False
+) -> tuple[bytes, str | None]:
+    """The reply as JSON, serialised (and compressed) once per registry version and
+    protocol; returns (body, content encoding). A full reply is gzipped when the node
+    accepts it: with a thousand nodes it is 1.6 MB of JSON and 50 KB compressed, and every
+    node downloads it after each registry change."""
     encoded = app[COORDINATOR].encoded
-    key = (reply.registry, reply.protocol, reply.unchanged)
+    compress = gzip_ok and not reply.unchanged
+    key = (reply.registry, reply.protocol, reply.unchanged, compress)
     body = encoded.get(key)
     if body is None:
         if len(encoded) >= 8:
             encoded.clear()  # older versions are never asked for again
-        body = encoded[key] = json.dumps(unstructure(reply)).encode()
-    return body
+        body = json.dumps(unstructure(reply)).encode()
+        if compress:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+        encoded[key] = body
+    return body, "gzip" if compress else None
 
 
 def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatReply:

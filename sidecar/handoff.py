@@ -231,6 +231,12 @@ async def handoff_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SPOOL] = spool
     app[SPOOL_SUMMARY] = []
     await refresh_summary(app)
+
+    async def probe() -> tuple[int, float | None]:
+        stats = await asyncio.to_thread(spool.stats)
+        return stats.depth, stats.oldest_age_s
+
+    app[keys.METRICS].spool_probe = probe
     app[REPLAY_WAKE] = asyncio.Event()
     task = asyncio.create_task(replay_loop(app), name="spool-replay")
     yield

@@ -20,7 +20,8 @@ from aiohttp import web
 from signet_cluster.agent_resolution import RouteKind, resolve_agent
 
 from . import keys
-from .federation import federated_read, tag_hits
+from .fanout_legs import tag_hits
+from .federation import federated_read, federates, list_key
 from .forward import DaemonError, to_response
 from .handoff import is_replay, spool_write
 from .peers import HOP_HEADER, ForwardFailed
@@ -86,7 +87,7 @@ async def _dispatch(
         target = decide(app, agent)
         if target.kind != "local":
             outcome[1] = target.node_id
-        if kind.is_list_read:
+        if federates(kind, request.path):
             return await federated_read(request, kind, target, body, parsed)
         if target.kind == "local":
             try:
@@ -151,13 +152,14 @@ async def _serve_hop(
         outcome[0] = "spooled"
         return await _spool(request, agent, parsed, f"the owner's daemon: {exc.message}")
     node = app[keys.IDENTITY].node_id
-    if kind.is_list_read and request.headers.get(TAG_HEADER) == "1" and raw.status == 200:
+    tag = request.headers.get(TAG_HEADER) == "1" and federates(kind, request.path)
+    if tag and raw.status == 200:
         try:
             answer = json.loads(raw.body)
         except ValueError:
             answer = None
         if isinstance(answer, dict):
-            await tag_hits(app, answer)
+            await tag_hits(app, answer, list_key(kind))
             return web.Response(
                 status=200,
                 body=json.dumps(answer).encode(),

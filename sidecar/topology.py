@@ -66,6 +66,7 @@ def topology(status: Mapping[str, Any], *, refresh_s: float, generated_at: float
                 "sidecar_version": node.get("sidecar_version"),
                 "protocol": node.get("protocol"),
                 "heartbeat_age_s": node.get("last_seen_age_s"),
+                "spool": _node_spool(node.get("spool"), generated_at),
                 "daemon": {
                     "flavor": daemon.get("flavor"),
                     "version": daemon.get("version"),
@@ -92,8 +93,19 @@ def topology(status: Mapping[str, Any], *, refresh_s: float, generated_at: float
         "collisions": collisions,
         "problems": cluster_problems(status),
         "coordinator_errors": list(status.get("coordinator_errors", [])),
-        # The answering sidecar's write spool, when it has one (resilience adds it to status).
-        "spool": status.get("spool"),
+    }
+
+
+def _node_spool(spool: Any, now: float) -> dict[str, Any] | None:
+    """A node's spool as its heartbeat reports it, with the oldest entry's age."""
+    if not isinstance(spool, Mapping):
+        return None
+    oldest = spool.get("oldest_at")
+    return {
+        "depth": spool.get("depth", 0),
+        "bytes": spool.get("bytes", 0),
+        "dead_letters": spool.get("dead_letters", 0),
+        "oldest_age_s": round(max(0.0, now - oldest), 1) if oldest else None,
     }
 
 

@@ -72,8 +72,9 @@ def validation_problems(obj: object, path: str = "body") -> list[str]:
     """Run every attrs validator of `obj` and its nested messages, collecting all failures
     (attrs itself stops at the first one)."""
     problems: list[str] = []
-    if attrs.has(type(obj)):
-        for field in attrs.fields(cast(Any, type(obj))):
+    fields = _attrs_fields(obj)
+    if fields is not None:
+        for field in fields:
             value = getattr(obj, field.name)
             if field.validator is not None:
                 try:
@@ -93,8 +94,16 @@ def validation_problems(obj: object, path: str = "body") -> list[str]:
     return problems
 
 
+def _attrs_fields(value: object) -> tuple[attrs.Attribute[Any], ...] | None:
+    # What attrs.has()/attrs.fields() read, without their generic-alias handling: this is
+    # called for every field of every heartbeat a coordinator receives.
+    return cast(
+        "tuple[attrs.Attribute[Any], ...] | None", getattr(type(value), "__attrs_attrs__", None)
+    )
+
+
 def _nested(value: object) -> bool:
-    return isinstance(value, tuple | list) or attrs.has(type(value))
+    return isinstance(value, tuple | list) or _attrs_fields(value) is not None
 
 
 def structure(data: Any, cls: type[T], path: str = "body") -> T:

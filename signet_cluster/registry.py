@@ -110,7 +110,7 @@ class Registry:
             # node per second into the oldest GC generation, whose collections then take
             # 100+ ms with a thousand nodes (bench/capacity.py).
             hb = attrs.evolve(
-                hb, agents=previous.agents, daemon=previous.daemon, protocol=previous.protocol
+                hb, agents=previous.agents, daemon=previous.daemon, spool=previous.spool
             )
         record.heartbeat = hb
         record.url = hb.url

@@ -144,7 +144,7 @@ async def test_search_routes_fan_out_too(cluster: Cluster) -> None:
 async def test_routed_and_federated_reads_are_counted(cluster: Cluster) -> None:
     """/metrics counts a routed write by route, target node and outcome, and a fan-out by
     outcome (a complete one here)."""
-    a, b = await _pair(cluster)
+    a, _b = await _pair(cluster)
     await remember(cluster, a.url, "counted note", "bob")
     code, _, _ = await _recall(cluster, a.url, "bob")
     assert code == 200
@@ -156,3 +156,35 @@ async def test_routed_and_federated_reads_are_counted(cluster: Cluster) -> None:
         in text
     )
     assert 'signet_cluster_fanout_requests_total{outcome="complete"} 1.0' in text
+
+
+def _about_staging(content: str, **extra: Any) -> dict[str, Any]:
+    aspect = {"entityName": "staging", "aspect": "ops", "attributes": [{"content": content}]}
+    return {"content": content, "structured": {"aspects": [aspect]}, **extra}
+
+
+async def test_knowledge_expand_merges_the_entitys_memories_from_every_node(
+    cluster: Cluster,
+) -> None:
+    """Expanding an entity as a shared reader lists the memories that mention it on the
+    owner and, from other nodes, only the global ones (a's private note stays on a)."""
+    a, b = await _pair(cluster)
+    ids = {}
+    for node, key, body in [
+        (a, "a_global", _about_staging("staging runs on host A")),
+        (a, "a_private", _about_staging("staging root password hint", visibility="private")),
+        (b, "b_global", _about_staging("staging deploys are blue-green")),
+    ]:
+        code, saved, _ = await client(
+            cluster, "POST", node.daemon_url + "/api/memory/remember", body
+        )
+        assert code == 200, saved
+        ids[key] = saved["id"]
+    code, body, headers = await client(
+        cluster, "POST", b.url + "/api/knowledge/expand", {"entity": "staging"}
+    )
+    assert code == 200, body
+    found = {m["id"]: m["cluster"]["node_id"] for m in body["memories"]}
+    assert found == {ids["b_global"]: "b", ids["a_global"]: "a"}
+    assert body["memoryCount"] == 2 and body["entity"]["name"] == "staging"
+    assert body["cluster"]["partial"] is False and headers["x-signet-cluster-missing"] == "0/2"

@@ -155,15 +155,15 @@ async def test_failed_heartbeats_by_reason(cluster: Cluster) -> None:
 
 
 async def test_collisions_and_spool_probe(cluster: Cluster) -> None:
-    """Two nodes claiming one agent show as a collision; the spool families appear once the
-    spool's owner sets a probe, with its depth and oldest age."""
+    """Two nodes claiming one agent show as a collision; the spool families report the
+    spool through its probe: empty at first, then whatever the probe says."""
     a = await cluster.add("a", ALICE, coordinator=True)
     b = await cluster.add("b", ALICE, coordinators=(a.url,))
     await cluster.wait_states(a, {"b": "alive"})
     m = await scrape(cluster, a)
     assert value(m, "signet_cluster_agent_collisions") == 1.0
     assert value(m, "signet_cluster_routing_table_size") == 1.0
-    assert not any(name.startswith("signet_cluster_spool") for name, _ in m)
+    assert value(m, "signet_cluster_spool_depth") == 0.0
 
     async def probe() -> tuple[int, float | None]:
         return 3, 12.5
@@ -213,3 +213,25 @@ async def test_routed_request_helpers_and_openmetrics(cluster: Cluster) -> None:
     ) as resp:
         assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
         assert (await resp.text()).rstrip().endswith("# EOF")
+
+
+async def test_routed_memory_requests_are_counted(cluster: Cluster) -> None:
+    """A recall through the sidecar is counted by route, target and outcome, with its latency."""
+    a = await cluster.add("a", ALICE, coordinator=True)
+    code, _body = await cluster.post(
+        a.url + "/api/memory/recall", {"query": "anything", "agentId": "alice"}
+    )
+    assert code == 200
+    m = await scrape(cluster, a)
+    counted = {
+        dict(labels)["outcome"]: v
+        for (name, labels), v in m.items()
+        if name == "signet_cluster_proxied_requests_total"
+        and dict(labels).get("route") == "recall"
+        and dict(labels).get("target") == "local"
+    }
+    assert counted == {"ok": 1.0}
+    count = value(
+        m, "signet_cluster_proxied_request_duration_seconds_count", route="recall", target="local"
+    )
+    assert count == 1.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from sidecar.topology import topology
+
 from .cluster_helpers import Cluster
 
 ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
@@ -31,6 +33,7 @@ async def test_topology_document_from_any_node(cluster: Cluster) -> None:
         "error": None,
     }
     assert isinstance(nodes["b"]["heartbeat_age_s"], float)
+    assert "spool" in nodes["b"]
     agents = {(n, x["id"]): x for n in nodes for x in nodes[n]["agents"]}
     # alice is claimed by both nodes; both daemons report the same created_at rules: one owner.
     assert agents["a", "alice"]["collision"] and agents["b", "alice"]["collision"]
@@ -67,3 +70,27 @@ async def test_page_and_assets_are_served_self_contained(cluster: Cluster) -> No
         text = resources.files("sidecar.static").joinpath(name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text), name
         assert "innerHTML" not in text, name  # cluster data is inserted as text only
+
+
+def test_node_spool_is_shown_with_the_age_of_its_oldest_write() -> None:
+    """A node's spool, as its heartbeat reports it (oldest write as a wall-clock time),
+    becomes depth, bytes, dead letters and the oldest write's age at generation time."""
+    status = {
+        "nodes": [
+            {
+                "node_id": "a",
+                "state": "alive",
+                "agents": [],
+                "daemon": {"flavor": "ts", "healthy": True},
+                "spool": {"depth": 2, "bytes": 300, "oldest_at": 990.0, "dead_letters": 1},
+            },
+            {"node_id": "b", "state": "down", "agents": [], "daemon": {}},
+        ],
+    }
+    doc = topology(status, refresh_s=1.0, generated_at=1000.0)
+    spools = {n["node_id"]: n["spool"] for n in doc["nodes"]}
+    assert spools == {
+        "a": {"depth": 2, "bytes": 300, "dead_letters": 1, "oldest_age_s": 10.0},
+        "b": None,
+    }
+    assert doc["problems"] == ["node b is down"]

@@ -57,6 +57,18 @@
     );
   }
 
+  function spoolText(spool) {
+    if (!spool) return "none";
+    if (!spool.depth) return spool.dead_letters ? `empty · ${spool.dead_letters} dead letters` : "empty";
+    const age = spool.oldest_age_s === null || spool.oldest_age_s === undefined ? "" : `, oldest ${spoolAge(spool.oldest_age_s)}`;
+    const dead = spool.dead_letters ? ` · ${spool.dead_letters} dead letters` : "";
+    return `${spool.depth} waiting${age}${dead}`;
+  }
+
+  function spoolAge(seconds) {
+    return seconds < 60 ? `${seconds.toFixed(0)} s` : `${Math.round(seconds / 60)} min`;
+  }
+
   function nodeCard(node) {
     const alive = node.state === "alive";
     const daemon = node.daemon || {};
@@ -85,6 +97,8 @@
         el("dd", { "data-field": "heartbeat" }, age(node.heartbeat_age_s)),
         el("dt", {}, "sidecar"),
         el("dd", {}, `${node.sidecar_version || "?"} · protocol ${node.protocol ?? "?"}`),
+        el("dt", {}, "spool"),
+        el("dd", { "data-field": "spool" }, spoolText(node.spool)),
       ),
       el("div", { class: "agents" }, ...node.agents.map(chip)),
     );
@@ -121,12 +135,11 @@
         (c) => `${c.agent_id}: claimed by ${c.claimants.join(", ")}; owner ${c.winner} (${c.rule})`,
       ),
     );
-    const spool = doc.spool;
     list(
       "spool",
-      spool && typeof spool === "object"
-        ? Object.entries(spool).map(([key, value]) => `${key}: ${JSON.stringify(value)}`)
-        : [],
+      doc.nodes
+        .filter((n) => n.spool && (n.spool.depth || n.spool.dead_letters))
+        .map((n) => `${n.node_id}: ${spoolText(n.spool)}`),
     );
     byId("banner").hidden = true;
     updates += 1;
