@@ -21,6 +21,8 @@ import attrs
 import click
 import yaml
 
+from signet_cluster.keyring import generate_secret
+
 from .client import CliError, run_async
 
 # Agents of every read policy, spread over the nodes (node i gets entry i % len).
@@ -134,6 +136,32 @@ async def _wait_http(
     raise CliError(f"{what} did not answer at {url} in time")
 
 
+def write_secret(root: Path) -> Path:
+    path = root / "cluster.secret"
+    path.write_text(generate_secret())
+    path.chmod(0o600)
+    return path
+
+
+async def seed_memories(nodes: list[DemoNode]) -> int:
+    """One global note per agent, written through the first sidecar (so most travel one hop
+    to their owner): something for a federated recall to find."""
+    written = 0
+    url = nodes[0].sidecar_url + "/api/memory/remember"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for node in nodes:
+            for agent in node.agents:
+                body = {
+                    "content": f"{agent} on {node.node_id}: the staging deploy checklist lives in ops/{agent}.md",
+                    "agentId": agent,
+                    "idempotencyKey": f"demo-{agent}",
+                }
+                async with session.post(url, json=body) as resp:
+                    if resp.status in (200, 202):
+                        written += 1
+    return written
+
+
 async def start_node(node: DemoNode, coordinator_url: str, root: Path, interval: float) -> None:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("SIGNET_CLUSTER_")]:
@@ -168,6 +196,8 @@ async def start_node(node: DemoNode, coordinator_url: str, root: Path, interval:
             "SIGNET_CLUSTER_COORDINATORS": coordinator_url,
             "SIGNET_CLUSTER_HEARTBEAT_INTERVAL": str(interval),
             "SIGNET_CLUSTER_LOG_FORMAT": "json",
+            # One cluster key for every demo node, so signed admin commands work too.
+            "SIGNET_CLUSTER_SECRET_FILE": str(root / "cluster.secret"),
         }
     )
     node.sidecar = await _spawn(
@@ -225,12 +255,17 @@ def describe(nodes: list[DemoNode], root: Path, keep: bool) -> str:
             f"  dev daemon {node.daemon_url} ({node.flavor}, pid {node.daemon.pid if node.daemon else '?'})"
             f"  agents: default, {', '.join(node.agents)}"
         )
+    reader = next((a for n in nodes for a in n.agents if a == "bob"), nodes[0].agents[0])
     lines += [
         "",
         "Try:",
-        f"  signet-cluster --sidecar {coord} status",
-        f"  signet-cluster --sidecar {nodes[-1].sidecar_url} status --json",
-        f"  curl -s {coord}/api/cluster/status",
+        f"  export SIGNET_CLUSTER_SIDECAR={coord} SIGNET_CLUSTER_SECRET_FILE={root / 'cluster.secret'}",
+        "  signet-cluster status                 # every node, its daemon and agents",
+        f"  signet-cluster explain {reader}           # who owns it, who can read it, why a read would miss",
+        "  signet-cluster routes",
+        f"  curl -s {coord}/api/memory/recall -H 'content-type: application/json' \\",
+        f'       -d \'{{"query":"staging","agentId":"{reader}"}}\'   # a federated recall',
+        f"  open {coord}/cluster                 # live topology page; {coord}/metrics for Prometheus",
         f"  kill {nodes[-1].sidecar.pid if nodes[-1].sidecar else 'PID'}   # watch {nodes[-1].node_id} go down within the TTL",
         "",
         "demo ready; Ctrl-C stops everything.",
@@ -255,9 +290,12 @@ async def run_demo(
         loop.add_signal_handler(signum, stop.set)
     try:
         coordinator_url = nodes[0].sidecar_url
+        write_secret(root)
         for node in nodes:
             await start_node(node, coordinator_url, root, interval)
         await wait_formed(coordinator_url, len(nodes), timeout=max(10.0, 10 * interval))
+        seeded = await seed_memories(nodes)
+        click.echo(f"seeded {seeded} memories (one per agent) through {coordinator_url}")
         click.echo(describe(nodes, root, keep=path is not None), nl=True)
         sys.stdout.flush()
         if not exit_when_ready:

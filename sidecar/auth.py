@@ -19,9 +19,11 @@ certificate and a signature, the signing node must be the certificate's node.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import Literal
 
 import attrs
@@ -43,7 +45,7 @@ log = structlog.get_logger("signet_cluster.auth")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteClass = Literal["public", "peer", "admin", "read", "memory"]
-Via = Literal["public", "signature", "certificate", "loopback", "bearer"]
+Via = Literal["public", "signature", "certificate", "loopback", "bearer", "metrics_token"]
 
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/health", "/api/cluster/openapi.json"})
 PEER_PATHS = frozenset({"/api/cluster/heartbeat", "/api/cluster/contribute"})
@@ -124,6 +126,8 @@ class AuthState:
         self.peer_override: str | None = None
         self.daemon_mode = "local"
         self.refused = 0
+        # Prometheus cannot sign requests; it can send a bearer token (metrics_token_file).
+        self.metrics_token: bytes | None = None
 
     def load(self) -> None:
         """Read keys and certificates (ConfigError listing the problems when they fail)."""
@@ -132,7 +136,7 @@ class AuthState:
             check_safe_bind(self.settings)
         except ConfigError as exc:
             problems.extend(exc.problems)
-        for step in (self.keyring.load, self.tls.load):
+        for step in (self.keyring.load, self.tls.load, self._load_metrics_token):
             try:
                 step()
             except ConfigError as exc:
@@ -143,6 +147,34 @@ class AuthState:
         if path is not None and loose_permissions(path):
             log.warning("key_file_readable_by_others", path=str(path), fix=f"chmod 600 {path}")
         self.daemon_mode = daemon_auth_mode(self.settings)
+
+    def _load_metrics_token(self) -> None:
+        path = self.settings.metrics_token_file
+        if path is None:
+            return
+        try:
+            token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                [f"metrics_token_file {path} cannot be read: {type(exc).__name__}"]
+            ) from None
+        if len(token) < 16:
+            raise ConfigError(
+                [f"metrics_token_file {path}: the token must be at least 16 characters"]
+            )
+        self.metrics_token = token.encode()
+
+    def metrics_token_ok(self, request: web.Request) -> bool:
+        """A scrape of /metrics carrying the configured bearer token."""
+        if self.metrics_token is None or request.method not in ("GET", "HEAD"):
+            return False
+        if request.path != "/metrics":
+            return False
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.metrics_token
+        )
 
     @property
     def secured(self) -> bool:
@@ -248,6 +280,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     kind = classify(request.method, request.path, HOP_HEADER in request.headers)
     if kind == "public":
         request[CALLER] = Caller(via="public")
+        return await handler(request)
+    if auth.metrics_token_ok(request):
+        request[CALLER] = Caller(via="metrics_token")
         return await handler(request)
     peer = peer_address(request)
     loopback = is_loopback(peer)

@@ -173,6 +173,12 @@ class Settings:
             "another host is passed to the daemon to judge."
         ),
     )
+    metrics_token_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "File with a bearer token (>= 16 chars) that lets a remote Prometheus scrape /metrics."
+        ),
+    )
     tls_cert_file: str | None = attrs.field(
         default=None, metadata=_doc("PEM certificate (chain) of this node: serve HTTPS.")
     )

@@ -9,6 +9,7 @@ addresses inside namespaces made here are ever contacted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import yaml
 
 from signet_cluster.keyring import generate_secret
 
+_LAB_COUNTER = itertools.count()
 SIDECAR_PORT = 3860
 DAEMON_PORT = 3850
 
@@ -78,11 +80,13 @@ class NetnsLab:
         heartbeat_interval: float = 0.2,
         sidecar_env: dict[str, str] | None = None,
     ) -> None:
-        tag = f"{os.getpid() % 100000}"
+        # Unique per lab, not just per process: the kernel removes a deleted namespace's
+        # links asynchronously, so the next lab in this run must not reuse their names.
+        tag = f"{os.getpid() % 10000}{next(_LAB_COUNTER) % 100}"
         self.tmp_path = tmp_path
         self.bridge = f"scbr{tag}"
         self.prefix = f"sc{tag}"
-        self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+        self.subnet = f"10.{200 + os.getpid() % 50}.{int(tag) % 250}"
         self.heartbeat_interval = heartbeat_interval
         self.sidecar_env = sidecar_env or {}
         self.nodes: list[LabNode] = []
@@ -90,6 +94,9 @@ class NetnsLab:
         self.secret_file.write_text(generate_secret())
         self.secret_file.chmod(0o600)
         self._bridge_up = False
+        # Everything created so far, so a setup that fails half-way is still cleaned up.
+        self._namespaces: list[str] = []
+        self._links: list[str] = []
 
     @property
     def host_address(self) -> str:
@@ -107,7 +114,9 @@ class NetnsLab:
             netns = f"{self.prefix}{name}"
             host_veth, inner = f"{self.prefix}h{i + 1}", f"{self.prefix}i{i + 1}"
             _ip("netns", "add", netns)
+            self._namespaces.append(netns)
             _ip("link", "add", host_veth, "type", "veth", "peer", "name", inner)
+            self._links.append(host_veth)
             _ip("link", "set", inner, "netns", netns)
             _ip("link", "set", host_veth, "master", self.bridge)
             _ip("link", "set", host_veth, "up")
@@ -254,7 +263,9 @@ class NetnsLab:
 
     def destroy_network(self) -> None:
         # `ip` answers in milliseconds; no need to leave the event loop for it.
-        for node in self.nodes:
-            subprocess.run(["ip", "netns", "del", node.netns], capture_output=True, check=False)
+        for link in self._links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        for netns in self._namespaces:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
         if self._bridge_up:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)

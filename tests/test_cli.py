@@ -11,6 +11,8 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from .cluster_helpers import Cluster, wait_for
 
 ROSTER_A = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
@@ -28,7 +30,8 @@ async def run_cli(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        # A value of "" removes the variable (e.g. the suite's own cluster secret).
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v != ""},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -162,19 +165,39 @@ async def test_demo_forms_a_cluster_and_stops_cleanly() -> None:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, f"demo ended early:\n{output}"
             output += line.decode()
+        assert "seeded 6 memories" in output
         pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
         assert len(pids) == 6
-        code, out, _ = await run_cli("--sidecar", f"http://127.0.0.1:{port}", "status", "--json")
+        # The demo's own cluster key, as its printout tells the user to export.
+        demo_key = re.search(r"SIGNET_CLUSTER_SECRET_FILE=(\S+)", output).group(1)  # type: ignore[union-attr]
+        demo_env = {"SIGNET_CLUSTER_SECRET": "", "SIGNET_CLUSTER_SECRET_FILE": demo_key}
+        code, out, _ = await run_cli(
+            "--sidecar", f"http://127.0.0.1:{port}", "status", "--json", env=demo_env
+        )
         assert code == 0
         status = json.loads(out)
         policies = {a["read_policy"] for n in status["nodes"] for a in n["agents"]}
         assert policies == {"isolated", "shared", "group"}
+        # The seeded notes are found by one federated recall from every node.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/api/memory/recall",
+                json={"query": "staging", "agentId": "bob", "limit": 20},
+            ) as resp,
+        ):
+            recall = await resp.json()
+        assert {hit["cluster"]["node_id"] for hit in recall["results"]} == {
+            "node1",
+            "node2",
+            "node3",
+        }
         node3_sidecar = int(re.search(r"node3: sidecar \S+ \(member, pid (\d+)", output).group(1))  # type: ignore[union-attr]
         os.kill(node3_sidecar, signal.SIGTERM)
 
         async def node3_down() -> bool:
             _code, text, _ = await run_cli(
-                "--sidecar", f"http://127.0.0.1:{port}", "status", "--json"
+                "--sidecar", f"http://127.0.0.1:{port}", "status", "--json", env=demo_env
             )
             nodes = {n["node_id"]: n["state"] for n in json.loads(text)["nodes"]}
             return nodes.get("node3") == "down"

@@ -235,3 +235,24 @@ async def test_hop_requests_must_be_signed_even_from_loopback(cluster: Cluster) 
     assert code == 401 and answer["reason"] == "unsigned"
     code, _ = await cluster.post(a.url + "/api/memory/recall", body, headers=hop)
     assert code == 200
+
+
+async def test_metrics_token_opens_metrics_and_nothing_else(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """With metrics_token_file set, a remote scrape with the bearer token gets /metrics; the
+    same token opens no other route, and a wrong token is refused."""
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("prometheus-scrape-token-0123456789\n")
+    a = await cluster.add("a", [], coordinator=True, metrics_token_file=str(token_file))
+    a.app[keys.AUTH].peer_override = "192.0.2.10"
+    good = {"Authorization": "Bearer prometheus-scrape-token-0123456789"}
+    code, _body, _ = await cluster.request("GET", a.url + "/metrics", headers=good, signed=False)
+    assert code == 200
+    code, _body, _ = await cluster.request(
+        "GET", a.url + "/api/cluster/status", headers=good, signed=False
+    )
+    assert code == 401
+    bad = {"Authorization": "Bearer prometheus-scrape-token-wrong-000"}
+    code, _body, _ = await cluster.request("GET", a.url + "/metrics", headers=bad, signed=False)
+    assert code == 401
