@@ -300,7 +300,12 @@ async def run_demo(
         sys.stdout.flush()
         if not exit_when_ready:
             while not stop.is_set():
-                await asyncio.sleep(0.5)
+                # Ctrl-C reaches the children too (same process group): once we are
+                # stopping, their exits are expected, not news.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                if stop.is_set():
+                    break
                 for node in nodes:
                     for what, proc in (("dev daemon", node.daemon), ("sidecar", node.sidecar)):
                         if (

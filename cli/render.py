@@ -50,6 +50,10 @@ def render_status(status: dict[str, Any]) -> str:
         source = f"coordinator {status.get('answered_by')}"
     elif view.get("source") == "standalone":
         source = f"{status.get('node_id')} (standalone: no coordinator)"
+    elif view.get("source") == "etcd":
+        etcd = status.get("etcd") or {}
+        state = "connected" if etcd.get("ok") else f"UNREACHABLE ({etcd.get('error')})"
+        source = f"{status.get('node_id')} from etcd {etcd.get('endpoint') or ''} ({state})"
     else:
         age = view.get("age_s")
         source = f"copy held by {status.get('node_id')}, {age}s old"

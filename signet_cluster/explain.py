@@ -342,7 +342,10 @@ def cluster_problems(status: Mapping[str, Any]) -> list[str]:
                 f"daemon on {node['node_id']} is unhealthy" + (f": {error}" if error else "")
             )
     view = status.get("view") or {}
-    if view.get("stale"):
+    etcd = status.get("etcd")
+    if isinstance(etcd, Mapping) and not etcd.get("ok"):
+        problems.append(f"etcd does not answer ({etcd.get('error')}): routing from the last view")
+    elif view.get("stale"):
         problems.append(f"routing table is {view.get('age_s')}s old: no coordinator answers")
     for collision in status.get("collisions", []):
         problems.append(
