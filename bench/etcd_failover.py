@@ -9,13 +9,20 @@ lease TTL, `--rounds` times: wait until the observer routes `bob` to the victim,
 victim (it cannot revoke its lease), and time until the observer's routing table drops `bob`
 (the lease expires in etcd, the watch delivers the deletion). Then once with SIGTERM (a clean
 stop revokes the lease). Finally, with both sidecars idle, it counts etcd's puts and lease
-renewals over `--idle` seconds (from etcd's /metrics). Prints a table and a JSON document.
+renewals over `--idle` seconds (from etcd's /metrics).
+
+Then, on a three-member etcd, `--rounds` times: freeze (SIGSTOP) the member an observer
+sidecar's calls and watch use (a follower: leadership is moved away first), as a partition
+would (sockets open, nothing answers), write a record through another member, and time from
+the freeze until the observer's view shows it (its calls fail over, its watch follows them);
+also whether its lease survived. Prints a table and a JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -34,6 +41,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.app import make_app
+from sidecar.etcd_backend import ETCD as ETCD_BACKEND
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
 from signet_cluster.logconfig import configure_logging
 from signet_cluster.settings import Settings
@@ -126,7 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             runners += [observer_daemon, victim_daemon]
             for ttl in args.ttls:
                 interval = 1.0 if ttl >= 5 else 0.5
-                common = {
+                common: dict[str, Any] = {
                     "registry_backend": "etcd",
                     "etcd_endpoints": (etcd_url,),
                     "etcd_prefix": f"/bench-{ttl}/",
@@ -215,6 +223,134 @@ async def _true(value: bool) -> bool:
     return value
 
 
+def spawn_member(
+    base: Path, name: str, ports: dict[str, tuple[int, int]]
+) -> subprocess.Popen[bytes]:
+    client, peer = ports[name]
+    cluster = ",".join(f"{n}=http://127.0.0.1:{p}" for n, (_c, p) in ports.items())
+    return spawn(
+        [
+            ETCD,
+            f"--name={name}",
+            f"--data-dir={base / name}",
+            f"--listen-client-urls=http://127.0.0.1:{client}",
+            f"--advertise-client-urls=http://127.0.0.1:{client}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+            f"--initial-cluster={cluster}",
+        ]
+    )
+
+
+async def member_status(session: aiohttp.ClientSession, url: str) -> tuple[int, int]:
+    """(this member's id, the leader's id) as the member reports them."""
+    async with session.post(url + "/v3/maintenance/status", json={}) as resp:
+        status = await resp.json(content_type=None)
+    return int(status["header"]["member_id"]), int(status["leader"])
+
+
+async def member_failover(rounds: int) -> dict[str, Any]:
+    """Freeze the member an observer uses; time until a change made elsewhere reaches it."""
+    base = Path(tempfile.mkdtemp(prefix="etcd-members-"))
+    ports = {f"m{i}": (free_port(), free_port()) for i in range(3)}
+    urls = {name: f"http://127.0.0.1:{client}" for name, (client, _peer) in ports.items()}
+    members = {name: spawn_member(base, name, ports) for name in ports}
+    runners: list[web.AppRunner] = []
+    seen: list[float] = []  # freeze -> the observer's view shows a change made meanwhile
+    leases_kept = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for url in urls.values():
+
+                async def up(url: str = url) -> bool:
+                    try:
+                        async with session.get(url + "/health") as resp:
+                            return resp.status == 200
+                    except aiohttp.ClientError:
+                        return False
+
+                await wait_until(up, 30, f"etcd member {url}")
+            daemon, daemon_url = await start_daemon(base / "o", [])
+            runners.append(daemon)
+            settings = Settings(
+                node_id="observer",
+                port=free_port(),
+                daemon_url=daemon_url,
+                workspace=str(base / "o" / "workspace"),
+                state_dir=str(base / "o-state"),
+                registry_backend="etcd",
+                etcd_endpoints=tuple(urls.values()),
+                heartbeat_interval=0.5,
+                peer_ttl=2.0,
+            )
+            app = make_app(settings)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+            runners.append(runner)
+            backend = app[ETCD_BACKEND]
+            await wait_until(lambda: _true(backend.watch_connected), 30, "the observer's watch")
+            for n in range(rounds):
+                frozen = next(k for k, u in urls.items() if u == backend.client.endpoint)
+                live = next(u for k, u in urls.items() if k != frozen)
+                # Freeze a follower (as a partitioned member would be to its clients): a
+                # frozen leader would add an election to the figure.
+                member_id, leader_id = await member_status(session, urls[frozen])
+                if member_id == leader_id:
+                    target, _ = await member_status(session, live)
+                    async with session.post(
+                        urls[frozen] + "/v3/maintenance/transfer-leadership",
+                        json={"targetID": str(target)},
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                lease = backend.lease
+                members[frozen].send_signal(signal.SIGSTOP)
+                frozen_at = time.perf_counter()
+                try:
+                    record = {"node_id": f"mark{n}", "url": "http://127.0.0.1:9", "first_seen": 0}
+                    async with session.post(
+                        f"{live}/v3/kv/put",
+                        json={
+                            "key": b64(f"/signet-cluster/members/mark{n}"),
+                            "value": b64(json.dumps(record)),
+                        },
+                        timeout=aiohttp.ClientTimeout(total=10),
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+
+                    def marked(n: int = n) -> bool:
+                        view = app[keys.MEMBERSHIP].latest()
+                        return view is not None and view.peer(f"mark{n}") is not None
+
+                    await wait_until(lambda: _true(marked()), 60, "the mark")
+                    seen.append(time.perf_counter() - frozen_at)
+                    await wait_until(lambda: _true(backend.watch_connected), 30, "the watch")
+                    leases_kept += backend.lease == lease
+                finally:
+                    members[frozen].send_signal(signal.SIGCONT)
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for process in members.values():
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            process.wait(30)
+    return {
+        "members": len(urls),
+        "lease_ttl_s": 2,
+        "heartbeat_interval_s": 0.5,
+        "call_timeout_s": 0.5,
+        "freeze_to_seen_s": [round(t, 3) for t in seen],
+        "seen_median_s": round(statistics.median(seen), 3),
+        "seen_max_s": round(max(seen), 3),
+        "leases_kept": f"{leases_kept}/{rounds}",
+    }
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 PY = sys.executable
 
 
@@ -228,6 +364,7 @@ def main() -> None:
     args.ttls = [int(t) for t in args.ttls.split(",")]
     configure_logging("error", "console")
     results = asyncio.run(run(args))
+    results["member_freeze"] = asyncio.run(member_failover(args.rounds))
     if not args.json_only:
         print(f"etcd {results['etcd_version']}")
         print(
@@ -243,6 +380,12 @@ def main() -> None:
             f"idle, 2 sidecars, {idle['seconds']:.0f}s: puts/s {idle['puts_per_s']}, "
             f"txns/s {idle['txns_per_s']}, raft proposals/s {idle['raft_proposals_per_s']}, "
             f"lease renewals/s {idle['lease_renewals_per_s']}"
+        )
+        frozen = results["member_freeze"]
+        print(
+            f"a frozen member of {frozen['members']}, 2 s lease: a change is seen "
+            f"{frozen['seen_median_s']:.2f}s after the freeze (median; max "
+            f"{frozen['seen_max_s']:.2f}s); leases kept {frozen['leases_kept']}"
         )
     print(json.dumps(results, indent=2))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -41,6 +41,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 class Answer:
     status: int
     body: Any
+    url: str = ""  # what was asked, for error messages
 
 
 @attrs.frozen(kw_only=True)
@@ -112,7 +113,7 @@ class SidecarClient:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode("utf-8", "replace")
-        return Answer(resp.status, parsed)
+        return Answer(resp.status, parsed, str(url))
 
     async def admin(self, method: str, path: str, body: Any = None) -> Answer:
         """An operation only a coordinator performs: when the sidecar we were pointed at is
@@ -138,13 +139,17 @@ class SidecarClient:
 
 
 def error_text(answer: Answer) -> str:
+    """One line: the sidecar's own `error` (it lists every problem), else what answered."""
     body = answer.body
-    if isinstance(body, dict):
-        details = body.get("details")
-        if isinstance(details, list) and details:
-            return f"{body.get('error', 'error')}"
-        return str(body.get("error") or body)
-    return f"HTTP {answer.status}: {str(body)[:200]}"
+    if isinstance(body, dict) and body.get("error"):
+        return str(body["error"])
+    text = " ".join(str(body or "").split())[:200]
+    # Not our JSON error shape: something else listens there (the daemon, a proxy, ...).
+    return (
+        f"{answer.url} answered HTTP {answer.status}"
+        + (f": {text}" if text else "")
+        + "; is --sidecar a signet-cluster sidecar?"
+    )
 
 
 def expect_ok(answer: Answer) -> Any:
@@ -153,5 +158,14 @@ def expect_ok(answer: Answer) -> Any:
     raise CliError(error_text(answer))
 
 
-async def gather_all(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    return list(await asyncio.gather(*(c() for c in calls)))
+async def get_status(client: SidecarClient) -> dict[str, Any]:
+    """`GET /api/cluster/status`, checked to be one: something else answering 200 (another
+    service on that port) must not pass for an empty, healthy cluster."""
+    answer = await client.call("GET", "/api/cluster/status")
+    body = expect_ok(answer)
+    if not isinstance(body, dict) or not isinstance(body.get("nodes"), list):
+        raise CliError(
+            f"{answer.url} did not answer with a cluster status; "
+            "is --sidecar a signet-cluster sidecar?"
+        )
+    return body

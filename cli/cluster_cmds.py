@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .client import expect_ok, run_async
 from .context import CliContext, emit_json, json_option, pass_ctx
+
+
+def _owner_now(answer: dict[str, Any]) -> str:
+    # A coordinator names the owner it routes to now; with the etcd backend the answer has
+    # no `owner`: every sidecar sees the first claim again.
+    if "owner" not in answer:
+        return "the first claim decides again"
+    return f"owner is now {answer['owner'] or 'none (no claimant is alive, not routable)'}"
 
 
 @click.command()
@@ -28,12 +38,10 @@ def adopt(ctx: CliContext, agent: str, node: str | None, clear: bool, as_json: b
     if as_json:
         emit_json(body)
     elif node is None:
-        click.echo(
-            f"{agent}: override cleared; owner is now {body.get('owner') or 'not routable'}."
-        )
+        click.echo(f"{agent}: override cleared; {_owner_now(body)}.")
     else:
         click.echo(
-            f"{agent}: owned by {node} on every coordinator (claimed by {', '.join(body['claimants'])})."
+            f"{agent}: owned by {node} cluster-wide (claimed by {', '.join(body['claimants'])})."
         )
 
 

@@ -8,11 +8,32 @@ from typing import Any, TypeVar
 
 import attrs
 import click
+from yarl import URL
 
 from .client import SidecarClient
 from .credentials import load_credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_sidecars(value: str) -> tuple[str, ...]:
+    """`--sidecar A,B,...`: each an http(s) URL with a host. Anything else is a usage error
+    (exit 2) rather than a misleading "cannot reach" (exit 4) later. Checked when a command
+    first talks to a sidecar, so a stray SIGNET_CLUSTER_SIDECAR does not break `serve`."""
+    urls = tuple(u.strip().rstrip("/") for u in value.split(",") if u.strip())
+    if not urls:
+        raise click.BadParameter(
+            "give at least one sidecar URL, e.g. http://127.0.0.1:3860", param_hint="--sidecar"
+        )
+    for url in urls:
+        try:
+            parsed = URL(url)
+        except ValueError:
+            parsed = URL()
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            hint = f" (did you mean http://{url}?)" if "://" not in url else ""
+            raise click.BadParameter(f"{url!r} is not an http(s) URL{hint}", param_hint="--sidecar")
+    return urls
 
 
 @attrs.frozen
@@ -22,10 +43,10 @@ class CliContext:
 
     @property
     def client(self) -> SidecarClient:
-        urls = [u.strip().rstrip("/") for u in self.sidecar.split(",") if u.strip()]
+        urls = parse_sidecars(self.sidecar)
         return SidecarClient(
             base_url=urls[0],
-            fallbacks=tuple(urls[1:]),
+            fallbacks=urls[1:],
             timeout=self.timeout,
             credentials=load_credentials(),
         )

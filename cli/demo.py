@@ -64,6 +64,18 @@ class DemoNode:
         return f"http://127.0.0.1:{self.daemon_port}"
 
 
+def port_free(port: int) -> bool:
+    """Whether a sidecar could listen on 127.0.0.1:port now. Checked before starting: a
+    port someone else holds would otherwise answer our readiness probes for them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the sidecar binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,17 +133,31 @@ async def _spawn(
 
 
 async def _wait_http(
-    url: str, deadline: float, proc: asyncio.subprocess.Process, what: str
+    url: str,
+    deadline: float,
+    proc: asyncio.subprocess.Process,
+    what: str,
+    node_id: str | None = None,
 ) -> None:
+    """Until `url` answers; with `node_id`, it must answer as that node (`/api/cluster/info`),
+    so a process that took the port meanwhile is never mistaken for ours."""
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
         while loop.time() < deadline:
             if proc.returncode is not None:
-                raise CliError(f"{what} exited with code {proc.returncode} during start-up")
+                raise CliError(
+                    f"{what} exited with code {proc.returncode} during start-up (see its log)"
+                )
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 async with session.get(url) as resp:
-                    if resp.status < 500:
+                    if resp.status < 500 and node_id is None:
                         return
+                    if resp.status == 200:
+                        body = await resp.json()
+                        answered = body.get("node_id") if isinstance(body, dict) else None
+                        if answered == node_id:
+                            return
+                        raise CliError(f"{url} answers as {answered!r}, not the demo's {what}")
             await asyncio.sleep(0.1)
     raise CliError(f"{what} did not answer at {url} in time")
 
@@ -204,7 +230,11 @@ async def start_node(node: DemoNode, coordinator_url: str, root: Path, interval:
         [sys.executable, "-m", "cli", "serve"], env, root / f"{node.node_id}-sidecar.log"
     )
     await _wait_http(
-        f"{node.sidecar_url}/livez", loop.time() + 20, node.sidecar, f"sidecar of {node.node_id}"
+        f"{node.sidecar_url}/api/cluster/info",
+        loop.time() + 20,
+        node.sidecar,
+        f"sidecar of {node.node_id}",
+        node_id=node.node_id,
     )
 
 
@@ -352,7 +382,7 @@ async def run_demo(
 )
 @click.option(
     "--heartbeat-interval",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Seconds between heartbeats.",
@@ -372,7 +402,14 @@ def demo(
     flavor_list = [f.strip() for f in flavors.split(",") if f.strip()]
     bad = [f for f in flavor_list if f not in ("ts", "ts-legacy", "rust")]
     if bad or not flavor_list:
+        raise click.BadParameter(
+            f"unknown flavor(s) {', '.join(bad) or '(none given)'}; use ts, ts-legacy, rust",
+            param_hint="--flavors",
+        )
+    taken = [p for p in range(port, port + nodes) if not port_free(p)]
+    if taken:
         raise CliError(
-            f"--flavors: unknown flavor(s) {', '.join(bad) or '(none given)'}; use ts, ts-legacy, rust"
+            f"port(s) {', '.join(map(str, taken))} already in use (another demo or sidecar?); "
+            "stop it or choose another --port"
         )
     run_async(run_demo(nodes, port, path, flavor_list, heartbeat_interval, exit_when_ready))

@@ -17,7 +17,13 @@ from signet_cluster.devdaemon.app import run_devdaemon
     required=True,
     help="Workspace directory (the daemon's SIGNET_PATH); memory/memories.db is created in it.",
 )
-@click.option("--port", type=int, default=3850, show_default=True, help="TCP port; 0 picks one.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=3850,
+    show_default=True,
+    help="TCP port; 0 picks one.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--flavor",

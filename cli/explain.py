@@ -11,7 +11,7 @@ from signet_cluster.converter import unstructure
 from signet_cluster.errors import ClusterError
 from signet_cluster.explain import ClusterPicture, explain
 
-from .client import EXIT_DEGRADED, EXIT_ERROR, CliError, expect_ok, run_async
+from .client import EXIT_DEGRADED, EXIT_ERROR, CliError, get_status, run_async
 from .context import CliContext, emit_json, json_option, pass_ctx
 from .render import render_explanation
 
@@ -29,7 +29,7 @@ def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
     unhealthy, collision, a node it reads from down, stale routing table), 1 when no node
     reports the agent, 4 when the sidecar cannot be reached.
     """
-    body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/status")))
+    body = run_async(get_status(ctx.client))
     try:
         picture = ClusterPicture.from_status(body)
     except ClusterError as exc:

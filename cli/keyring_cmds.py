@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ def _keyring_path(explicit: Path | None, config_file: Path | None) -> Path:
     )
     if config is not None:
         problems: list[str] = []
-        value = read_toml(config.expanduser(), problems).get("keyring_file")
+        values = read_toml(config.expanduser(), problems)
+        if not values and problems:  # missing or unreadable, not just an unknown key
+            raise CliError("; ".join(problems))
+        value = values.get("keyring_file")
         if isinstance(value, str):
             return Path(value).expanduser()
     raise CliError(
@@ -196,17 +200,25 @@ def install(
         key = new_key(_read_secret(secret_file, generate), key_id)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    done = f"installed key {key.id} in {path}"
     if path.exists():
-        current = _load(path)
-        try:
-            updated = current.install(key)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-    else:
-        updated = Keyring(keys=(key,), primary=key.id, source=str(path))
+        _change(path, lambda ring: ring.install(key), done, as_json)
+        return
+    save_keyring(path, Keyring(keys=(key,), primary=key.id, source=str(path)))
+    if not as_json:
+        click.echo(done)
+    _print(_load(path), as_json)
+
+
+def _change(path: Path, change: Callable[[Keyring], Keyring], done: str, as_json: bool) -> None:
+    """Apply one change to the keyring file, then show the keyring (a refusal changes nothing)."""
+    try:
+        updated = change(_load(path))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     save_keyring(path, updated)
     if not as_json:
-        click.echo(f"installed key {key.id} in {path}")
+        click.echo(done)
     _print(_load(path), as_json)
 
 
@@ -218,14 +230,9 @@ def install(
 def use(key_id: str, keyring_file: Path | None, config_file: Path | None, as_json: bool) -> None:
     """Make KEY_ID the primary key: this node signs with it from now on."""
     path = _keyring_path(keyring_file, config_file)
-    try:
-        updated = _load(path).use(key_id)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    save_keyring(path, updated)
-    if not as_json:
-        click.echo(f"{key_id} is now the primary key in {path}")
-    _print(_load(path), as_json)
+    _change(
+        path, lambda ring: ring.use(key_id), f"{key_id} is now the primary key in {path}", as_json
+    )
 
 
 @keyring.command()
@@ -236,14 +243,7 @@ def use(key_id: str, keyring_file: Path | None, config_file: Path | None, as_jso
 def remove(key_id: str, keyring_file: Path | None, config_file: Path | None, as_json: bool) -> None:
     """Remove KEY_ID: requests signed with it are refused from now on (not the primary)."""
     path = _keyring_path(keyring_file, config_file)
-    try:
-        updated = _load(path).remove(key_id)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    save_keyring(path, updated)
-    if not as_json:
-        click.echo(f"removed key {key_id} from {path}")
-    _print(_load(path), as_json)
+    _change(path, lambda ring: ring.remove(key_id), f"removed key {key_id} from {path}", as_json)
 
 
 def key_summary(secret_file: str | None, keyring_file: str | None) -> str | None:

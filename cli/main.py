@@ -15,10 +15,10 @@ from signet_cluster.errors import ConfigError
 from signet_cluster.logconfig import configure_logging
 from signet_cluster.settings import DEFAULT_PORT, FIELDS, describe, env_name, load_settings
 
-from .client import EXIT_DEGRADED, CliError, expect_ok, run_async
+from .client import EXIT_DEGRADED, CliError, expect_ok, get_status, run_async
 from .context import CliContext, emit_json, json_option, pass_ctx
 from .render import render_status, status_problems
-from .status_watch import watch_options, watch_status
+from .status_watch import check_watch_options, watch_options, watch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -35,7 +35,11 @@ DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
     "(env SIGNET_CLUSTER_SIDECAR).",
 )
 @click.option(
-    "--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for an answer."
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for an answer.",
 )
 @click.pass_context
 def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
@@ -43,8 +47,10 @@ def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
 
     Every host runs `signet-cluster serve` next to its Signet daemon; point any command at
     any sidecar with --sidecar. Try it locally with `signet-cluster demo`.
+
+    Exit codes: 0 done/healthy, 1 error, 2 usage error, 3 degraded, 4 sidecar unreachable.
     """
-    ctx.obj = CliContext(sidecar=sidecar.rstrip("/"), timeout=timeout)
+    ctx.obj = CliContext(sidecar=sidecar, timeout=timeout)
 
 
 # -- settings-based commands ------------------------------------------------------------
@@ -144,9 +150,10 @@ def status(ctx: CliContext, as_json: bool, watch: bool, interval: float, count: 
     routing table or an agent claimed twice), 4 when the sidecar cannot be reached.
     With --watch the view refreshes in place until Ctrl-C.
     """
+    check_watch_options(click.get_current_context(), watch)
     if watch:
         sys.exit(watch_status(ctx.client, as_json=as_json, interval=interval, count=count))
-    body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/status")))
+    body = run_async(get_status(ctx.client))
     if as_json:
         emit_json(body)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from signet_cluster.explain import cluster_problems
@@ -27,12 +28,20 @@ def _age(value: Any) -> str:
     return f"{value:.1f}s ago"
 
 
+def policy_text(policy: str | None, group: str | None) -> str:
+    """`shared`, `isolated`, `group:ops`; a group policy without a group says what it does."""
+    if policy == "group":
+        return f"group:{group}" if group else "group (no group: acts as isolated)"
+    return policy or "?"
+
+
 def _agents(agents: list[dict[str, Any]]) -> str:
     parts = []
     for agent in agents:
         policy = agent.get("read_policy", "?")
         if policy == "group":
-            policy = f"group:{agent.get('policy_group')}"
+            # Compact in the table: a group without a group shows as `group:-`.
+            policy = f"group:{agent.get('policy_group') or '-'}"
         parts.append(f"{agent['id']}({policy})")
     return " ".join(parts) or "-"
 
@@ -44,7 +53,29 @@ def _daemon(daemon: dict[str, Any]) -> tuple[str, str]:
     return f"{flavor} {version}", health
 
 
-def render_status(status: dict[str, Any]) -> str:
+def _spool_lines(nodes: list[dict[str, Any]], now: float) -> list[str]:
+    """Nodes holding remembers for owners they cannot reach (hinted handoff), and writes an
+    owner refused for good (dead letters); nothing when every spool is empty."""
+    lines = []
+    for node in nodes:
+        spool = node.get("spool") or {}
+        depth, dead = spool.get("depth") or 0, spool.get("dead_letters") or 0
+        if not depth and not dead:
+            continue
+        parts = []
+        if depth:
+            oldest = spool.get("oldest_at")
+            age = f", oldest {max(0.0, now - oldest):.0f}s old" if oldest else ""
+            parts.append(f"{depth} write(s) waiting for their owner{age}")
+        if dead:
+            parts.append(
+                f"{dead} refused by their owner for good (`spooled_write_refused` in its log)"
+            )
+        lines.append(f"  {node['node_id']}: " + "; ".join(parts))
+    return ["Spooled writes:", *lines] if lines else []
+
+
+def render_status(status: dict[str, Any], now: float | None = None) -> str:
     view = status.get("view") or {}
     if view.get("source") == "registry":
         source = f"coordinator {status.get('answered_by')}"
@@ -94,6 +125,7 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"Mixed sidecar versions: {', '.join(sorted(versions))}")
     if len(daemons) > 1:
         lines.append(f"Mixed daemon versions: {', '.join(sorted(daemons))}")
+    lines.extend(_spool_lines(status.get("nodes", []), time.time() if now is None else now))
     routes = status.get("routes", [])
     lines.append(
         f"Routes: {len(routes)} agent(s) routable; coordinators: {', '.join(status.get('coordinators', [])) or 'none'}"
@@ -104,12 +136,6 @@ def render_status(status: dict[str, Any]) -> str:
     for error in status.get("coordinator_errors", []):
         lines.append(f"  ! {error}")
     return "\n".join(lines)
-
-
-def _policy(policy: str | None, group: str | None) -> str:
-    if policy == "group":
-        return f"group:{group}" if group else "group (no group: acts as isolated)"
-    return policy or "?"
 
 
 # Beyond this many nodes a section is summarised; `--json` has everything.
@@ -124,7 +150,7 @@ def render_explanation(expl: dict[str, Any]) -> str:
         lines.append(f"{agent}: not known to the cluster")
     elif expl.get("owner") is None:
         lines.append(
-            f"{agent}: node-local on every node ({_policy(expl.get('read_policy'), None)})"
+            f"{agent}: node-local on every node ({policy_text(expl.get('read_policy'), None)})"
         )
     else:
         age = _age(expl.get("last_heartbeat_age_s"))
@@ -133,9 +159,13 @@ def render_explanation(expl: dict[str, Any]) -> str:
             f"{expl.get('owner_state')}, last heartbeat {age}"
         )
         daemon, health = _daemon(expl.get("owner_daemon") or {})
+        if expl.get("owner_state") != "alive":
+            health = "health unknown (last report is stale)"
         route = expl.get("route")
         collision = expl.get("collision")
-        lines.append(f"  policy:    {_policy(expl.get('read_policy'), expl.get('policy_group'))}")
+        lines.append(
+            f"  policy:    {policy_text(expl.get('read_policy'), expl.get('policy_group'))}"
+        )
         lines.append(f"  daemon:    {daemon}, {health}")
         lines.append(
             f"  route:     {agent} → {route['node_id']} {route['url']}"

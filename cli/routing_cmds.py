@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from .client import expect_ok, run_async
+from .client import EXIT_DEGRADED, expect_ok, run_async
 from .context import CliContext, emit_json, json_option, pass_ctx
-from .render import table
+from .render import policy_text, table
 
 
 def _freshness(view: dict[str, Any]) -> str:
@@ -20,9 +20,7 @@ def _freshness(view: dict[str, Any]) -> str:
 
 
 def _policy(policy: dict[str, Any]) -> str:
-    if policy.get("read_policy") == "group":
-        return f"group:{policy.get('policy_group')}"
-    return str(policy.get("read_policy"))
+    return policy_text(policy.get("read_policy"), policy.get("policy_group"))
 
 
 @click.command()
@@ -46,7 +44,7 @@ def resolve(ctx: CliContext, agent: str, as_json: bool) -> None:
         click.echo(f"owner    {owner['node_id']} {owner['url']} ({owner['state']})")
         click.echo(f"answer   from {body['answered_by']}; {_freshness(body['view'])}")
     if body["route"] == "unreachable":
-        raise SystemExit(3)
+        raise SystemExit(EXIT_DEGRADED)
 
 
 @click.command()

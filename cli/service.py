@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape as xml_escape
 import click
 
 from signet_cluster.errors import ConfigError
-from signet_cluster.settings import Settings, load_settings
+from signet_cluster.settings import Settings, load_settings, read_toml
 
 from .client import CliError
 
@@ -38,6 +38,8 @@ PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 # the grace (loops cancelled, state DB closed) needs a moment, a slow disk a few more.
 STOP_MARGIN_S = 7
 MIN_STOP_TIMEOUT_S = 15
+# The system unit's StateDirectory=signet-cluster (its template sets the same path).
+SYSTEM_STATE_DIR = "/var/lib/signet-cluster"
 
 
 # deploy/ holds each template rendered with these (systemd specifiers kept as such), so the
@@ -175,24 +177,37 @@ def machine_values(
     user, group, home = service_user(kind, run_as)
     base = Path("/etc/signet-cluster") if kind == "system" else config_home() / "signet-cluster"
     config = (config or base / "config.toml").absolute()
-    try:
-        # What the service will load (its settings file, if present; not this shell's
-        # environment), so the stop timeout matches its shutdown_timeout.
-        settings = load_settings(config_file=config if config.exists() else None, env={})
-    except ConfigError as exc:
-        raise CliError(
-            f"{config} is not a valid configuration:\n  - " + "\n  - ".join(exc.problems)
-        ) from None
-    if kind == "system" and user == "root":
-        warnings.append(
-            "the service would run as root; pass --run-as USER (the owner of the Signet workspace)"
-        )
+    if secret_file is None and keyring_file is None and config.exists():
+        # The settings file's own key file, so the unit names the same one (naming another
+        # would set both secret_file and keyring_file, which the sidecar refuses).
+        named = read_toml(config, [])
+        if isinstance(named.get("keyring_file"), str):
+            keyring_file = Path(named["keyring_file"]).expanduser()
+        elif isinstance(named.get("secret_file"), str):
+            secret_file = Path(named["secret_file"]).expanduser()
     if keyring_file is not None:
         secret_var, secret = "SIGNET_CLUSTER_KEYRING_FILE", keyring_file.absolute()
     else:
         secret_var, secret = (
             "SIGNET_CLUSTER_SECRET_FILE",
             (secret_file or base / "secret").absolute(),
+        )
+    # What the service will load: its settings file (if present) plus the environment the
+    # unit sets (the key file, the system unit's state directory), not this shell's. So the
+    # key the unit names counts, and the stop timeout matches its shutdown_timeout.
+    unit_env = {secret_var: str(secret)}
+    if kind == "system":
+        unit_env["SIGNET_CLUSTER_STATE_DIR"] = SYSTEM_STATE_DIR
+    try:
+        settings = load_settings(config_file=config if config.exists() else None, env=unit_env)
+    except ConfigError as exc:
+        raise CliError(
+            f"{config} is not a valid configuration (with the key file the unit names, "
+            f"{secret}):\n  - " + "\n  - ".join(exc.problems)
+        ) from None
+    if kind == "system" and user == "root":
+        warnings.append(
+            "the service would run as root; pass --run-as USER (the owner of the Signet workspace)"
         )
     workspace = Path(settings.workspace).expanduser() if settings.workspace else home / ".agents"
     values = {

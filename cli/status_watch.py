@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from .client import EXIT_DEGRADED, EXIT_OK, CliError, SidecarClient, expect_ok
+from .client import EXIT_DEGRADED, EXIT_OK, CliError, SidecarClient, get_status
 from .render import render_status, status_problems
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,7 +59,7 @@ def watch_options(fn: F) -> F:
 async def fetch(client: SidecarClient) -> tuple[int, dict[str, Any] | None, str | None]:
     """(exit code, status body, error line) for one refresh."""
     try:
-        body = expect_ok(await client.call("GET", "/api/cluster/status"))
+        body = await get_status(client)
     except CliError as exc:
         return exc.exit_code, None, exc.message
     return (EXIT_DEGRADED if status_problems(body) else EXIT_OK), body, None
@@ -70,9 +73,38 @@ def frame_text(
     return header + "\n\n" + (render_status(body) if body is not None else f"error: {error}")
 
 
+def check_watch_options(ctx: click.Context, watch: bool) -> None:
+    """--interval and --count only mean something with --watch: say so instead of ignoring."""
+    if watch:
+        return
+    for name in ("interval", "count"):
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            raise click.UsageError(f"--{name} needs --watch")
+
+
+def fit(text: str, size: os.terminal_size) -> list[str]:
+    """The frame's lines, cut to what the terminal shows: a frame taller than the screen
+    would scroll, and going back to the top would then overwrite the wrong rows."""
+    lines = text.split("\n")
+    rows = max(2, size.lines - 1)  # the cursor rests on the row after the frame
+    columns = max(20, size.columns)
+    heights = [max(1, -(-len(line) // columns)) for line in lines]  # wrapped rows
+    if sum(heights) <= rows:
+        return lines
+    shown: list[str] = []
+    used = 0
+    for line, height in zip(lines, heights, strict=True):
+        if used + height > rows - 1:  # keep a row for the note
+            break
+        shown.append(line)
+        used += height
+    note = f"... {len(lines) - len(shown)} more line(s): enlarge the terminal, or use --json"
+    return [*shown, note[:columns]]
+
+
 def draw(out: TextIO, text: str, *, terminal: bool, first: bool) -> None:
     if terminal:
-        lines = text.split("\n")
+        lines = fit(text, shutil.get_terminal_size())
         prefix = CLEAR_SCREEN + HOME if first else HOME
         out.write(prefix + "".join(line + CLEAR_LINE + "\n" for line in lines) + CLEAR_BELOW)
     else:

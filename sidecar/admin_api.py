@@ -10,7 +10,6 @@ from signet_cluster.admin import AdminState, Adoption, NodeDecision
 from signet_cluster.converter import structure, unstructure
 from signet_cluster.errors import (
     ClusterError,
-    NotCoordinator,
     PeerUnreachable,
     ProtocolMismatch,
     ValidationFailed,
@@ -26,20 +25,12 @@ from signet_cluster.protocol import (
 from . import keys
 from .admin_sync import pull, record_decision
 from .bodies import read_json
-from .coordinator import coordinator_urls
+from .coordinator import COORDINATOR, coordinator_urls, require_coordinator
 from .etcd_admin import refuse_with_etcd, remove_node, set_adoption
 from .etcd_backend import ETCD
 
 log = structlog.get_logger("signet_cluster.admin")
 routes = web.RouteTableDef()
-
-
-def require_coordinator(app: web.Application) -> None:
-    if not app[keys.IDENTITY].coordinator:
-        raise NotCoordinator(
-            "this sidecar is not a coordinator; send this to one of its coordinators",
-            details={"coordinators": app[keys.MEMBERSHIP].targets()},
-        )
 
 
 def normalise_address(address: str) -> str:
@@ -142,6 +133,14 @@ async def remove(request: web.Request) -> web.Response:
             )
         return web.json_response({"node": needle, "removed": False, "known": False})
     node_id, url = record.node_id, record.url
+    if record.state == "alive" and record.heartbeat is not None and record.heartbeat.coordinator:
+        # It would keep its role and registry, without itself in it; a dead one may go.
+        raise ValidationFailed(
+            [
+                f"node {node_id!r} is a live coordinator: demote it first "
+                f"(`signet-cluster --sidecar {url} promote --demote`), then remove it"
+            ]
+        )
     decision = NodeDecision(node_id=node_id, url=url, state="removed", at=app[keys.CLOCK].time())
     await record_decision(app, AdminState(nodes=(decision,)))
     told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app)))
@@ -206,6 +205,8 @@ async def promote(request: web.Request) -> web.Response:
     await app[keys.STATE].set_meta("coordinator", "1" if body.coordinator else "0")
     identity.coordinator = body.coordinator
     if body.coordinator and not was:
+        # Its registry is rebuilt from the heartbeats that now arrive: warming for a TTL.
+        app[COORDINATOR].since = app[keys.CLOCK].monotonic()
         # Catch up on operator decisions before answering heartbeats as a coordinator.
         await pull(app)
     log.info("coordinator_role", coordinator=body.coordinator, was=was)

@@ -47,8 +47,11 @@ async def load_admin(app: web.Application) -> None:
 
 
 def other_coordinators(app: web.Application) -> list[str]:
+    """Every coordinator but this one: those the registry knows, and those this sidecar
+    heartbeats to (a member just promoted knows its coordinators only from there)."""
     own = app[keys.IDENTITY].url
-    return [u for u in coordinator_urls(app) if u != own]
+    urls = dict.fromkeys([*coordinator_urls(app), *app[keys.MEMBERSHIP].targets()])
+    return [u for u in urls if u != own]
 
 
 async def record_decision(app: web.Application, decision: AdminState) -> AdminState:

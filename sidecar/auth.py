@@ -7,7 +7,7 @@ Every request is put in one class by method and path, then admitted or refused:
 | public | GET /livez, /readyz, /health, /api/cluster/openapi.json | yes | yes |
 | peer | POST /api/cluster/heartbeat, /api/cluster/contribute, any request with the hop header | only while the sidecar has no key and no mTLS | 401 |
 | admin | every other non-GET /api/cluster/* (join, remove, coordinators, adopt, promote, admin sync ...) | only with `allow_unsigned_loopback_admin` | 401 |
-| read | GET /api/cluster/* | yes | 401 |
+| read | GET /api/cluster/*, and the pages the sidecar serves itself (GET /metrics, /cluster, /cluster/static/*) | yes | 401 |
 | memory | everything else (the daemon's paths) | yes | 401, unless it carries a bearer token and the daemon runs in team mode (then the daemon judges the token) |
 
 A request that is correctly signed (signet_cluster.auth) or arrives over TLS with a client
@@ -28,17 +28,24 @@ from typing import Literal
 
 import attrs
 import structlog
-import yaml
 from aiohttp import web
 
-from signet_cluster.auth import AuthFailure, Presented, ReplayCache, Signer, Verifier
+from signet_cluster.auth import (
+    NODE_HEADER,
+    AuthFailure,
+    Presented,
+    ReplayCache,
+    Signer,
+    Verifier,
+)
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.errors import ConfigError, Forbidden
 from signet_cluster.keyring import KeyringFile, loose_permissions
-from signet_cluster.settings import Settings
+from signet_cluster.roster import load_manifest
+from signet_cluster.settings import Settings, unsafe_bind_problem
 from signet_cluster.tls import TlsManager, certificate_identity
 
-from .keys import AUTH
+from .keys import AUTH, METRICS
 from .peers import HOP_HEADER
 
 log = structlog.get_logger("signet_cluster.auth")
@@ -48,7 +55,12 @@ RouteClass = Literal["public", "peer", "admin", "read", "memory"]
 Via = Literal["public", "signature", "certificate", "loopback", "bearer", "metrics_token"]
 
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/health", "/api/cluster/openapi.json"})
-PEER_PATHS = frozenset({"/api/cluster/heartbeat", "/api/cluster/contribute"})
+HEARTBEAT_PATH = "/api/cluster/heartbeat"
+PEER_PATHS = frozenset({HEARTBEAT_PATH, "/api/cluster/contribute"})
+# Answered by the sidecar, never by the daemon: a bearer token (which only the daemon can
+# judge) must not open them, so they are reads like GET /api/cluster/*.
+SIDECAR_PAGES = frozenset({"/metrics", "/cluster"})
+SIDECAR_PAGE_PREFIX = "/cluster/"
 RELOAD_PERIOD_S = 1.0
 
 
@@ -76,7 +88,11 @@ def classify(method: str, path: str, hop: bool) -> RouteClass:
             # Fail closed: an unknown state-changing cluster route is an admin route.
             return "admin"
         return "peer" if hop else "read"
-    return "peer" if hop else "memory"
+    if hop:
+        return "peer"
+    if read_only and (path in SIDECAR_PAGES or path.startswith(SIDECAR_PAGE_PREFIX)):
+        return "read"
+    return "memory"
 
 
 def is_loopback(address: str | None) -> bool:
@@ -95,16 +111,9 @@ def daemon_auth_mode(settings: Settings) -> str:
     """The daemon's `auth.mode` (local, hybrid or team): from settings, else agent.yaml."""
     if settings.daemon_auth_mode != "auto":
         return settings.daemon_auth_mode
-    for name in ("agent.yaml", "AGENT.yaml"):
-        path = settings.workspace_path / name
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            continue
-        auth = data.get("auth") if isinstance(data, dict) else None
-        mode = auth.get("mode") if isinstance(auth, dict) else None
-        return mode if mode in ("local", "hybrid", "team") else "local"
-    return "local"
+    auth = load_manifest(settings.workspace_path).get("auth")
+    mode = auth.get("mode") if isinstance(auth, dict) else None
+    return mode if mode in ("local", "hybrid", "team") else "local"
 
 
 class AuthState:
@@ -119,7 +128,13 @@ class AuthState:
         self.clock: Clock = clock or SystemClock()
         self.keyring = KeyringFile(settings.secret_file, settings.keyring_file)
         self.tls = TlsManager(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
-        self.cache = ReplayCache(settings.replay_cache_size, int(settings.auth_skew * 1000))
+        # Requests signed before this process started may have been accepted by the one
+        # before it (its replay cache is gone): they are refused as stale.
+        self.cache = ReplayCache(
+            settings.replay_cache_size,
+            int(settings.auth_skew * 1000),
+            floor_ms=int(self.clock.time() * 1000),
+        )
         self.verifier = Verifier(
             lambda: self.keyring.current, skew_s=settings.auth_skew, cache=self.cache
         )
@@ -233,6 +248,20 @@ def certificate_node(request: web.Request) -> str | None:
     return certificate_identity(sslobj.getpeercert())
 
 
+def _refused(
+    request: web.Request, status: int, reason: str, message: str, **context: object
+) -> web.Response:
+    """Count, log and answer one refused request (never a secret in the log)."""
+    app = request.app
+    app[AUTH].refused += 1
+    log.warning("request_refused", reason=reason, path=request.path, **context)
+    if request.path == HEARTBEAT_PATH:
+        # Refused before the handler runs, so counted here (README: Metrics).
+        outcome = "unauthorized" if status == 401 else "forbidden"
+        app[METRICS].heartbeats_received.labels(outcome=outcome).inc()
+    return refuse(status, reason, message)
+
+
 def refuse(status: int, reason: str, message: str) -> web.Response:
     response = web.json_response(
         {
@@ -290,9 +319,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         presented = Presented.parse(request.headers)
         cert_node = certificate_node(request) if auth.tls.verifies_clients else None
         if presented is not None and auth.keyring.current is None:
-            # Nothing to check a signature against: judge it as unsigned, and say why if
-            # that refuses it (a CLI with a key talking to a keyless loopback sidecar).
-            if _unsigned(auth, kind, loopback, request) is not None:
+            # Nothing to check a signature against: judge the request by its certificate,
+            # else as unsigned, and say why if that refuses it (a CLI with a key talking to
+            # a keyless sidecar).
+            if cert_node is None and _unsigned(auth, kind, loopback, request) is not None:
                 raise AuthFailure(
                     "no_keyring",
                     "this request is signed but this sidecar has no cluster key "
@@ -310,20 +340,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 now=auth.clock.time(),
             )
             if cert_node is not None and cert_node != verified.node_id:
-                auth.refused += 1
-                log.warning(
-                    "request_refused",
-                    reason="wrong_node",
-                    peer=peer,
-                    path=request.path,
-                    signed_as=verified.node_id,
-                    certificate=cert_node,
-                )
-                return refuse(
+                return _refused(
+                    request,
                     403,
                     "wrong_node",
                     f"signed as node {verified.node_id!r} but the client certificate is "
                     f"{cert_node!r}",
+                    peer=peer,
+                    signed_as=verified.node_id,
+                    certificate=cert_node,
                 )
             caller = Caller(
                 via="signature", node_id=verified.node_id, key_id=verified.key_id, peer=peer
@@ -337,18 +362,26 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             bearer = not loopback
             caller = Caller(via="bearer" if bearer else "loopback", peer=peer)
     except AuthFailure as failure:
-        auth.refused += 1
-        log.warning(
-            "request_refused",
-            reason=failure.reason,
+        return _refused(
+            request,
+            401,
+            failure.reason,
+            failure.message,
             peer=peer,
             method=request.method,
-            path=request.path,
-            node=request.headers.get("x-signet-cluster-node"),
+            node=request.headers.get(NODE_HEADER),
         )
-        return refuse(401, failure.reason, failure.message)
     request[CALLER] = caller
     return await handler(request)
+
+
+def token_unverified(request: web.Request) -> bool:
+    """True for a caller let in from another host only because it carries a daemon bearer
+    token (team mode): nobody has checked that token until the owner's daemon answers, so
+    the sidecar must not answer for it on its own (no fan-out without the owner's 200, no
+    spooling)."""
+    caller = request.get(CALLER)
+    return caller is not None and caller.via == "bearer"
 
 
 def require_sender(request: web.Request, node_id: str) -> None:
@@ -391,19 +424,8 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def check_safe_bind(settings: Settings) -> None:
-    """Refuse a listener that other hosts can reach when nobody could be authenticated."""
-    if settings.binds_loopback_only:
-        return
-    if settings.secret_file or settings.keyring_file:
-        return
-    if settings.tls_cert_file and settings.tls_key_file and settings.tls_ca_file:
-        return
-    raise ConfigError(
-        [
-            f"host {settings.host!r} is reachable from other machines, but no cluster key or "
-            "mTLS is configured, so anyone could read and write memories through this "
-            "sidecar. Run `signet-cluster keygen --out FILE` and set secret_file (or "
-            "keyring_file) on every node, or set tls_cert_file, tls_key_file and tls_ca_file; "
-            "or listen on 127.0.0.1."
-        ]
-    )
+    """Refuse a listener that other hosts can reach when nobody could be authenticated
+    (settings validation says the same; Settings built directly skip it)."""
+    problem = unsafe_bind_problem(settings)
+    if problem:
+        raise ConfigError([problem])

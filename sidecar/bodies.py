@@ -17,5 +17,7 @@ async def read_json(request: web.Request) -> Any:
         return {}
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise ValidationFailed(["body is nested too deeply"]) from None
     except ValueError as exc:
         raise ValidationFailed([f"body is not valid JSON: {exc}"]) from None

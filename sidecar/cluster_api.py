@@ -10,7 +10,6 @@ from aiohttp import web
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import (
     ClusterError,
-    NotCoordinator,
     NotFound,
     PeerUnreachable,
 )
@@ -23,20 +22,12 @@ from signet_cluster.protocol import (
 from . import keys
 from .auth import require_sender
 from .bodies import read_json
-from .coordinator import accept_heartbeat, coordinator_urls, encode_reply
+from .coordinator import accept_heartbeat, coordinator_urls, encode_reply, require_coordinator
 from .etcd_backend import ETCD
 from .handoff import current_summary
 
 log = structlog.get_logger("signet_cluster.cluster_api")
 routes = web.RouteTableDef()
-
-
-def require_coordinator(app: web.Application) -> None:
-    if not app[keys.IDENTITY].coordinator:
-        raise NotCoordinator(
-            "this sidecar is not a coordinator; send this to one of its coordinators",
-            details={"coordinators": app[keys.MEMBERSHIP].targets()},
-        )
 
 
 @routes.post("/api/cluster/heartbeat")
@@ -112,7 +103,7 @@ def local_status(app: web.Application) -> dict[str, Any]:
         },
         "coordinator_contacts": [
             membership.contact(u).summary(now)
-            for u in membership.targets()
+            for u in [*membership.targets(), *membership.told_to_stop()]
             if u != membership.self_url
         ],
     }
@@ -185,6 +176,8 @@ async def freshest_status(app: web.Application) -> dict[str, Any]:
     membership = app[keys.MEMBERSHIP]
     errors: list[str] = []
     for url in membership.targets():
+        if url == membership.self_url:
+            continue  # configured as a coordinator, but not one now
         try:
             response = await app[keys.PEERS].call(
                 "GET", url, "/api/cluster/status", params={"local": "1"}

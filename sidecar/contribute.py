@@ -29,8 +29,8 @@ from signet_cluster.adapt import plan_request
 from signet_cluster.agent_resolution import DEFAULT_AGENT, RouteKind
 from signet_cluster.converter import structure
 from signet_cluster.daemon import DaemonSnapshot
-from signet_cluster.ownership import OwnershipUnavailable
-from signet_cluster.visibility import may_contribute
+from signet_cluster.ownership import MemoryOwner, MemoryOwnership, OwnershipUnavailable
+from signet_cluster.visibility import live_policies, may_contribute
 
 from . import keys
 from .bodies import read_json
@@ -128,6 +128,14 @@ def read_as(snapshot: DaemonSnapshot, reader: Reader) -> str | None:
     return None
 
 
+def _owners_and_policies(
+    ownership: MemoryOwnership, ids: list[str]
+) -> tuple[dict[str, MemoryOwner], dict[str, tuple[object, object]] | None]:
+    """The hits' owners, and those agents' policies in the daemon's table as of now."""
+    owners = ownership.lookup(ids)
+    return owners, ownership.policies(owner.agent_id for owner in owners.values())
+
+
 async def compute(app: web.Application, request: ContributeRequest) -> dict[str, Any]:
     """This node's contribution; raises ContributionFailed (nothing is contributed then)."""
     started = time.perf_counter()
@@ -181,7 +189,7 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         )
     ids = [h["id"] for h in hits if isinstance(h, dict) and isinstance(h.get("id"), str)]
     try:
-        owners = await asyncio.to_thread(state.ownership.lookup, ids)
+        owners, rows = await asyncio.to_thread(_owners_and_policies, state.ownership, ids)
     except OwnershipUnavailable as exc:
         raise ContributionFailed(
             503,
@@ -189,13 +197,14 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
             "ownership_unavailable",
         ) from None
     roster = {a.id: a for a in snapshot.agents}
+    live = live_policies(rows)
     kept: list[dict[str, Any]] = []
     reader = request.reader
     for hit in hits:
         if not isinstance(hit, dict) or not isinstance(hit.get("id"), str):
             continue
         owner = owners.get(hit["id"])
-        if not may_contribute(owner, roster, reader.read_policy, reader.policy_group):
+        if not may_contribute(owner, roster, reader.read_policy, reader.policy_group, live):
             continue
         assert owner is not None
         kept.append(hit | {"cluster": {"node_id": node_id, "agent_id": owner.agent_id}})

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from signet_cluster.converter import unstructure
-from signet_cluster.errors import Gone, NotCoordinator, ProtocolMismatch
+from signet_cluster.errors import Gone, NodeIdInUse, NotCoordinator, ProtocolMismatch
 from signet_cluster.protocol import Collision, Heartbeat, HeartbeatReply
 from signet_cluster.registry import Registry, RegistryEvent
 
@@ -36,14 +36,24 @@ class CoordinatorState:
     reply_cache: tuple[str, HeartbeatReply] | None = None
     # When reply_cache was built (time.monotonic: a cost throttle, not cluster time).
     reply_built_at: float = 0.0
-    # Replies as JSON bytes by (registry tag, protocol, unchanged, gzip): a full reply is
+    # Replies as JSON bytes by (registry tag, protocol, unchanged, warming, gzip): a full reply is
     # O(nodes) to serialise, and every node asks for the same few.
-    encoded: dict[tuple[str, int, bool, bool], bytes] = attrs.field(factory=dict)
+    encoded: dict[tuple[str, int, bool, bool, bool], bytes] = attrs.field(factory=dict)
     # Collisions already logged, so each is logged once when it appears or changes.
     collisions: frozenset[Collision] = frozenset()
+    # This coordinator's own node was removed (logged once; sidecar.heartbeat).
+    removed_self: bool = False
+    # When this process became a coordinator (app clock, monotonic): its registry is
+    # rebuilt from heartbeats within a TTL, and replies say `warming` until then.
+    since: float = 0.0
 
 
 COORDINATOR = web.AppKey("coordinator", CoordinatorState)
+
+
+def warming(app: web.Application) -> bool:
+    """True for a TTL after this sidecar started as, or became, a coordinator."""
+    return app[keys.CLOCK].monotonic() - app[COORDINATOR].since < app[keys.REGISTRY].ttl
 
 
 def registry_tag(app: web.Application) -> str:
@@ -100,7 +110,7 @@ def encode_reply(
     node downloads it after each registry change."""
     encoded = app[COORDINATOR].encoded
     compress = gzip_ok and not reply.unchanged
-    key = (reply.registry, reply.protocol, reply.unchanged, compress)
+    key = (reply.registry, reply.protocol, reply.unchanged, reply.warming, compress)
     body = encoded.get(key)
     if body is None:
         if len(encoded) >= 8:
@@ -112,13 +122,18 @@ def encode_reply(
     return body, "gzip" if compress else None
 
 
-def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatReply:
-    """Validate membership and protocol, apply to the registry, build the reply."""
+def require_coordinator(app: web.Application) -> None:
+    """421 naming the coordinators, for what only a coordinator does (the CLI retries there)."""
     if not app[keys.IDENTITY].coordinator:
         raise NotCoordinator(
-            "this sidecar is not a coordinator",
-            details={"coordinators": list(app[keys.MEMBERSHIP].targets())},
+            "this sidecar is not a coordinator; send this to one of its coordinators",
+            details={"coordinators": app[keys.MEMBERSHIP].targets()},
         )
+
+
+def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatReply:
+    """Validate membership and protocol, apply to the registry, build the reply."""
+    require_coordinator(app)
     ours = app[keys.IDENTITY].protocol
     protocol = ours.negotiate(heartbeat.protocol)
     if protocol is None:
@@ -132,13 +147,14 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
             f"node {heartbeat.node_id} was removed from the cluster; run `signet-cluster join` to re-add it"
         )
     registry = app[keys.REGISTRY]
+    refuse_twin(registry, heartbeat)
     events = registry.apply_heartbeat(heartbeat, protocol)
     app[keys.METRICS].observe_events(events)
     for event in events:
         _log_event(event)
     reply = full_reply(app, protocol)
     if heartbeat.known_registry == reply.registry:
-        return HeartbeatReply(
+        reply = HeartbeatReply(
             protocol=protocol,
             coordinator_id=reply.coordinator_id,
             registry=reply.registry,
@@ -146,7 +162,29 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
             unchanged=True,
             coordinators=reply.coordinators,
         )
-    return reply
+    return attrs.evolve(reply, warming=True) if warming(app) else reply
+
+
+def refuse_twin(registry: Registry, heartbeat: Heartbeat) -> None:
+    """Two live sidecars with one node id would take turns owning its agents (writes split
+    over two daemons). While one heartbeats, another instance at another URL is refused;
+    after a TTL of silence (a restart at a new address) the new one takes over."""
+    record = registry.record(heartbeat.node_id)
+    held = record.heartbeat if record is not None else None
+    if (
+        record is None
+        or held is None
+        or record.last_seen is None
+        or held.instance_id == heartbeat.instance_id
+        or held.url == heartbeat.url
+        or registry.clock.monotonic() - record.last_seen > registry.ttl
+    ):
+        return
+    raise NodeIdInUse(
+        f"node id {heartbeat.node_id!r} is in use by the live sidecar at {held.url}; "
+        "give this sidecar its own node_id (or state_dir), or stop the other one",
+        details={"node_id": heartbeat.node_id, "url": held.url},
+    )
 
 
 def log_new_collisions(app: web.Application) -> None:
@@ -194,6 +232,7 @@ async def expiry_loop(app: web.Application) -> None:
 
 
 async def coordinator_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[COORDINATOR].since = app[keys.CLOCK].monotonic()
     task = asyncio.create_task(expiry_loop(app), name="expiry")
     yield
     task.cancel()

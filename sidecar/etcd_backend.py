@@ -60,6 +60,20 @@ def lease_ttl(settings: Settings) -> int:
     return max(2, math.ceil(settings.ttl))
 
 
+def renew_interval(settings: Settings) -> float:
+    """Renew well inside the lease even with a slow heartbeat interval."""
+    return min(settings.heartbeat_interval, lease_ttl(settings) / 3)
+
+
+def call_timeout(settings: Settings) -> float:
+    """How long one etcd call may wait on one member: `peer_timeout` (shared with heartbeats
+    and admin calls, so possibly longer than the lease), but at most an equal share of what
+    is left of the lease after a renewal interval. A renewal that has to get past silent
+    members (a partition sends no reset) then still reaches a live one before it expires."""
+    spare = lease_ttl(settings) - renew_interval(settings)
+    return min(settings.peer_timeout, spare / max(1, len(settings.etcd_endpoints)))
+
+
 def _same_content(heartbeat: Heartbeat) -> Heartbeat:
     # Sequence and send time change every round; only a real change is worth a write.
     return attrs.evolve(heartbeat, seq=0, sent_at=0.0, known_registry=None)
@@ -73,8 +87,7 @@ class EtcdBackend:
         self.layout = Layout(settings.etcd_prefix)
         self.node_id = app[keys.IDENTITY].node_id
         self.lease_ttl = lease_ttl(settings)
-        # Renew well inside the TTL even with a slow heartbeat interval.
-        self.interval = min(settings.heartbeat_interval, self.lease_ttl / 3)
+        self.interval = renew_interval(settings)
         self.clock = app[keys.CLOCK]
         self.cache = EtcdCache(self.layout)
         self.lease: Lease | None = None
@@ -87,6 +100,7 @@ class EtcdBackend:
         self.watch_connected = False
         self.watch_error: str | None = None
         self.watch_next = 0
+        self.watch_endpoint: str | None = None  # the member the live stream is open on
         self.claim_attempts: dict[str, int] = {}
         self.conflict: str | None = None  # another live sidecar registered our node id
         self.wake = asyncio.Event()
@@ -127,7 +141,19 @@ class EtcdBackend:
             log.info("etcd_reachable", endpoint=self.client.endpoint, after_failures=self.failures)
         self.error, self.failures = None, 0
         self.last_ok = self.clock.monotonic()
+        self.follow_calls()
         self.publish()
+
+    def follow_calls(self) -> None:
+        """Move the watch to the member the calls now use. Calls leave a member only when it
+        failed them; a stream on that member may be just as dead yet silent (a partition
+        sends no reset, and an idle watch has nothing to time out), so waiting on it could
+        freeze the view forever. Reopening resumes from the last revision: nothing is lost."""
+        if self.watch_connected and self.watch_endpoint not in (None, self.client.endpoint):
+            log.warning(
+                "etcd_watch_moved", failed=self.watch_endpoint, endpoint=self.client.endpoint
+            )
+            self.start_watch(self.watch_next)
 
     def _failed(self, exc: EtcdError) -> None:
         was_ok = self.error is None
@@ -144,6 +170,10 @@ class EtcdBackend:
         """Read every record under the prefix, then follow changes from that revision."""
         result = await self.client.range(self.layout.prefix, prefix=True)
         self.cache.replace(result.kvs, result.revision)
+        # Revisions noted before may belong to another history (an etcd started afresh
+        # counts from 1 again): the copy just read is what to go by.
+        self.claim_attempts.clear()
+        self.registered_revision = 0
         self.synced = True
         self.start_watch(result.revision + 1)
         log.info("etcd_synced", revision=result.revision, keys=len(result.kvs))
@@ -154,9 +184,12 @@ class EtcdBackend:
                 await self.client.lease_keepalive(self.lease.id)
                 return
             except LeaseNotFound:
-                # Expired while etcd was away, or revoked behind our back: start over.
+                # Expired while etcd was away, revoked behind our back, or etcd lost its
+                # data (its revisions then start over, and the watch would wait for ones
+                # far ahead): start over, from a fresh read.
                 log.warning("etcd_lease_lost", lease=f"{self.lease.id:x}")
                 self.lease, self.registered = None, None
+                await self.resync()
         self.lease = await self.client.lease_grant(self.lease_ttl)
         log.info("etcd_lease_granted", lease=f"{self.lease.id:x}", ttl_s=self.lease.ttl)
 
@@ -218,6 +251,9 @@ class EtcdBackend:
         snapshot = self.app[keys.WATCHER].snapshot
         ours = {a.id for a in snapshot.agents if a.id != LOCAL_AGENT}
         owners = self.cache.owners("claims")
+        # Bookkeeping covers the current roster only, so it cannot grow with roster churn.
+        self.claim_attempts = {a: r for a, r in self.claim_attempts.items() if a in ours}
+        elsewhere, self._claimed_elsewhere = self._claimed_elsewhere, {}
         for agent_id in sorted(ours):
             owner = owners.get(agent_id)
             # An unreadable claim is still a claim: logged when seen, never overwritten.
@@ -234,7 +270,7 @@ class EtcdBackend:
                     continue
                 owner = owner_of(kv.value) or "?"
             if owner is not None and owner != self.node_id:
-                if self._claimed_elsewhere.get(agent_id) != owner:
+                if elsewhere.get(agent_id) != owner:
                     log.warning("agent_claimed_elsewhere", agent_id=agent_id, owner=owner)
                 self._claimed_elsewhere[agent_id] = owner
         if not snapshot.healthy:
@@ -273,6 +309,7 @@ class EtcdBackend:
                     if self.watch_error is not None:
                         log.info("etcd_watch_resumed", revision=batch.next_revision)
                     self.watch_connected, self.watch_error = True, None
+                    self.watch_endpoint = batch.endpoint
                 self.watch_next = batch.next_revision
                 changed = self.cache.apply(batch.events)
                 if changed or batch.created:
@@ -332,10 +369,15 @@ class EtcdBackend:
             "last_ok_age_s": round(now - self.last_ok, 3) if self.last_ok is not None else None,
             "lease": f"{self.lease.id:x}" if self.lease else None,
             "lease_ttl_s": self.lease_ttl,
+            "call_timeout_s": round(self.client.timeout, 3),
             "registered": self.registered is not None,
             "conflict": self.conflict,
             "revision": self.cache.revision,
-            "watch": {"connected": self.watch_connected, "error": self.watch_error},
+            "watch": {
+                "connected": self.watch_connected,
+                "endpoint": self.watch_endpoint if self.watch_connected else None,
+                "error": self.watch_error,
+            },
         }
 
     def readiness(self) -> tuple[bool, str]:
@@ -371,7 +413,7 @@ ETCD = web.AppKey("etcd", EtcdBackend)
 async def etcd_ctx(app: web.Application) -> AsyncIterator[None]:
     """Runs instead of the heartbeat loop when `registry_backend = "etcd"`."""
     settings = app[keys.SETTINGS]
-    client = EtcdClient(app[keys.HTTP], settings.etcd_endpoints, timeout=settings.peer_timeout)
+    client = EtcdClient(app[keys.HTTP], settings.etcd_endpoints, timeout=call_timeout(settings))
     identity = app[keys.IDENTITY]
     if identity.coordinator:
         # Only a promotion persisted before the switch to etcd gets here (config refuses it);

@@ -222,6 +222,7 @@ def peer_views(cache: EtcdCache, ours: ProtocolRange) -> tuple[PeerView, ...]:
                 # etcd keeps no per-node receive time; a lease only says "still renewed".
                 last_seen_age_s=None,
                 seq=heartbeat.seq if heartbeat else None,
+                spool=heartbeat.spool if heartbeat else None,
             )
         )
     return tuple(views)

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
 import attrs
 from aiohttp import web
 
+from signet_cluster.adapt import search_as_recall_body
 from signet_cluster.agent_resolution import RouteKind
 from signet_cluster.merge import Leg, merge
 from signet_cluster.visibility import contributing_agents
 
 from . import keys
-from .contribute import Reader
+from .auth import token_unverified
+from .contribute import RECALL_FIELDS, Reader
 from .fanout_legs import (
     LegResult,
     cluster_block,
@@ -41,45 +44,25 @@ from .fanout_legs import (
 )
 from .forward import SERVED_BY_HEADER, DaemonError, to_response
 from .keys import PROXY
+from .owner_checks import daemon_error
 from .peers import ForwardFailed, RawResponse
 from .proxy import forward_to_owner, serve_local
 from .routing import Target, current_view, retry_after
 
 PARTIAL_HEADER = "x-signet-cluster-partial"
 MISSING_HEADER = "x-signet-cluster-missing"
-_SEARCH_PARAMS = {
-    "type": "type",
-    "tags": "tags",
-    "who": "who",
-    "importance_min": "importance_min",
-    "since": "since",
-    "until": "until",
-    "project": "project",
-    "scope": "scope",
-}
-_RECALL_KEYS = (
-    "query",
-    "keywordQuery",
-    "type",
-    "tags",
-    "who",
-    "pinned",
-    "importance_min",
-    "importanceMin",
-    "since",
-    "until",
-    "project",
-    "scope",
-    "time",
-)
 
 
 def _limit(value: object, default: int) -> int:
+    """The daemons' reading of a recall limit: a number clamped to 1..50 (so "inf" is 50),
+    the default when it is not one."""
     try:
-        number = int(float(value))  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
-    return max(1, min(50, number))
+    if math.isnan(number):
+        return default
+    return int(max(1.0, min(50.0, number)))
 
 
 EXPAND_PATH = "/api/knowledge/expand"
@@ -120,23 +103,13 @@ def contribution_query(
         query = parsed.get("query") if parsed is not None else None
         if parsed is None or not isinstance(query, str) or not query.strip():
             return None
-        recall = {k: parsed[k] for k in _RECALL_KEYS if k in parsed}
+        recall = {k: parsed[k] for k in RECALL_FIELDS if k in parsed}
         return Fanout({"recall": recall}, _limit(parsed.get("limit"), 10), "results")
     params = request.query
     q = params.get("q", "").strip()
     if not q or (kind is RouteKind.LEGACY_SEARCH and "distinct" in params):
         return None
-    recall = {"query": q}
-    for name, field in _SEARCH_PARAMS.items():
-        if name in params:
-            recall[field] = params[name]
-    if params.get("pinned") in ("1", "true"):
-        recall["pinned"] = True
-    if "importance_min" in recall:
-        try:
-            recall["importance_min"] = float(recall["importance_min"])
-        except ValueError:
-            del recall["importance_min"]
+    recall = search_as_recall_body(params) | {"query": q}
     limit = _limit(params.get("limit"), 20 if kind is RouteKind.LEGACY_SEARCH else 10)
     return Fanout({"recall": recall}, limit, "results")
 
@@ -195,6 +168,10 @@ async def federated_read(
     owner_leg, raw, answer = await owner_task
     if raw is not None and answer is None:
         return to_response(raw, target.node_id)  # not a result list: the owner's own answer
+    if token_unverified(request) and (answer is None or owner_leg.status != "ok"):
+        # Only the owner's daemon can judge a bearer token; without its 200 the other
+        # nodes' memories must not be handed to this caller.
+        return _unverified(app, target, owner_leg)
     response = _merged(request, target, owner_leg, answer, legs, spec, started, parsed)
     count_fanout(app, [owner_leg, *legs], response.status, started)
     return response
@@ -246,6 +223,20 @@ async def _owner_leg(
         await tag_hits(app, answer, key)
     leg.hits = [h for h in answer[key] if isinstance(h, dict)]
     return leg, raw, answer
+
+
+def _unverified(app: web.Application, target: Target, owner: LegResult) -> web.Response:
+    response = daemon_error(
+        503,
+        f"this request is authorised only by a bearer token, which the owner of agent "
+        f"{target.agent_id!r} (node {target.node_id}) must check, and that node did not answer "
+        f"({owner.error or owner.status}); other nodes' memories are not served unchecked",
+        code="token_unverified",
+        agent=target.agent_id,
+        owner={"node_id": target.node_id, "url": target.url, "state": target.owner_state},
+    )
+    response.headers["Retry-After"] = retry_after(app)
+    return response
 
 
 def _merged(

@@ -21,7 +21,8 @@ from typing import cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-_SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# Host and framing are ours; Expect too: the body goes out whole, never waits for a 100.
+_SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -106,7 +107,16 @@ class _Conn(asyncio.Protocol):
             connection = self.headers.get("Connection", "").lower()
             if "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection):
                 self.keep_alive = False
-            if self.head_request or self.status in _NO_BODY_STATUS or 100 <= self.status < 200:
+            if 100 <= self.status < 200:
+                # An interim answer (100 Continue, 103 Early Hints): the real one follows on
+                # the same connection. Taking it for the answer would hand that one to the
+                # next request sent on this connection.
+                if self.status == 101:
+                    raise ValueError("the daemon switched protocols")
+                self._reset()
+                self._parse()
+                return
+            if self.head_request or self.status in _NO_BODY_STATUS:
                 self._finish()
                 return
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -184,15 +194,15 @@ class H1Pool:
         timeout: float,
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         message = self._message(method, target, headers, body)
-        async with self.slots:
-            try:
-                async with asyncio.timeout(timeout):
-                    return await self._exchange(method, message)
-            except TimeoutError:
-                raise H1Error(
-                    f"the daemon did not answer {method} {target} within {timeout:g}s",
-                    timed_out=True,
-                ) from None
+        try:
+            # The wait for a free slot counts too: the caller's deadline is for the answer.
+            async with asyncio.timeout(timeout), self.slots:
+                return await self._exchange(method, message)
+        except TimeoutError:
+            raise H1Error(
+                f"the daemon did not answer {method} {target} within {timeout:g}s",
+                timed_out=True,
+            ) from None
 
     async def _exchange(
         self, method: str, message: bytes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 from typing import Any
@@ -23,7 +24,7 @@ from signet_cluster.protocol import SpoolSummary
 from signet_cluster.spool import Spool, SpoolEntry, SpoolFull, ensure_idempotency_key
 
 from . import keys
-from .peers import ForwardFailed
+from .peers import ForwardFailed, RawResponse
 
 log = structlog.get_logger("signet_cluster.handoff")
 
@@ -31,6 +32,8 @@ SPOOL = web.AppKey("spool", Spool)
 # The spool as the last heartbeat should describe it (refreshed after every change).
 SPOOL_SUMMARY = web.AppKey("spool_summary", list[SpoolSummary])
 REPLAY_HEADER = "x-signet-cluster-replay"
+# How a sidecar names its own authentication in a 401 (sidecar/auth.py `refuse`).
+CLUSTER_AUTH_SCHEME = "Signet-HMAC-SHA256"
 # The request headers worth keeping with a spooled write (what the daemon reads).
 KEPT_HEADERS = (
     "content-type",
@@ -83,6 +86,13 @@ async def spool_write(
     why: str,
 ) -> web.Response:
     """Keep one remember durably; 202 with its key, or 503 when the spool is at a bound."""
+    content = body.get("content")
+    if not isinstance(content, str) or not content.strip():
+        # The owner's daemon would refuse it (400, the same words): say so now rather than
+        # accept a write that can only end up in the dead letters.
+        return web.json_response(
+            {"error": "content is required", "code": "content_required"}, status=400
+        )
     key = ensure_idempotency_key(body, app[keys.IDENTITY].node_id)
     data = json.dumps(body).encode()
     kept = {k: v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
@@ -100,18 +110,19 @@ async def spool_write(
         )
     except SpoolFull as exc:
         log.warning("spool_full", agent_id=agent_id, owner=owner["node_id"], reason=exc.reason)
-        response = web.json_response(
-            {
-                "error": f"agent {agent_id!r}'s owner {owner['node_id']} cannot take writes now "
-                f"({why}) and {exc.reason}; the write was not accepted",
-                "code": "spool_full",
-                "agent": agent_id,
-                "owner": dict(owner),
-            },
-            status=503,
+        return _not_spooled(agent_id, owner, why, exc.reason, "spool_full", exc.retry_after)
+    except sqlite3.Error as exc:
+        # Disk full, I/O error, a broken file: the write is not stored, and the client
+        # must know it can retry (a 500 would not say so).
+        log.error("spool_unavailable", agent_id=agent_id, owner=owner["node_id"], error=str(exc))
+        return _not_spooled(
+            agent_id,
+            owner,
+            why,
+            f"the write spool cannot store it ({exc})",
+            "spool_unavailable",
+            30,
         )
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
     summary = await refresh_summary(app)
     app[REPLAY_WAKE].set()
     log.info("write_spooled", agent_id=agent_id, owner=owner["node_id"], seq=seq, why=why)
@@ -129,6 +140,23 @@ async def spool_write(
         status=202,
         headers={"x-signet-cluster-spooled": "1"},
     )
+
+
+def _not_spooled(
+    agent_id: str, owner: Mapping[str, str], why: str, reason: str, code: str, retry_after: int
+) -> web.Response:
+    response = web.json_response(
+        {
+            "error": f"agent {agent_id!r}'s owner {owner['node_id']} cannot take writes now "
+            f"({why}) and {reason}; the write was not accepted",
+            "code": code,
+            "agent": agent_id,
+            "owner": dict(owner),
+        },
+        status=503,
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 # Outcomes of one delivery attempt.
@@ -160,9 +188,19 @@ async def deliver(app: web.Application, entry: SpoolEntry) -> tuple[str, int, st
         return DELIVERED, raw.status, ""
     text = raw.body[:300].decode("utf-8", "replace")
     # 421: the sender's table was stale (ownership moving); 408/429/5xx: try again later.
-    if raw.status in (408, 421, 425, 429) or raw.status >= 500:
+    if raw.status in (408, 421, 425, 429) or raw.status >= 500 or _cluster_auth_refusal(raw):
         return RETRY, raw.status, text
     return REFUSED, raw.status, text
+
+
+def _cluster_auth_refusal(raw: RawResponse) -> bool:
+    """The owner's *sidecar* refused our signature (a key not installed there yet during a
+    rotation, clock skew, no key): a cluster problem that an operator fixes, not a verdict
+    on the write, which must then stay in the spool. The daemon's own 401 (an expired
+    bearer token) carries `WWW-Authenticate: Bearer` instead."""
+    return raw.status == 401 and raw.headers.get("WWW-Authenticate", "").startswith(
+        CLUSTER_AUTH_SCHEME
+    )
 
 
 async def replay_agent(app: web.Application, agent_id: str) -> int:
@@ -173,7 +211,11 @@ async def replay_agent(app: web.Application, agent_id: str) -> int:
         entry = await asyncio.to_thread(spool.head, agent_id)
         if entry is None:
             return sent
-        outcome, status, error = await deliver(app, entry)
+        try:
+            outcome, status, error = await deliver(app, entry)
+        except Exception as exc:  # one entry that cannot be sent must not stop the others
+            log.exception("spool_replay_crashed", agent_id=agent_id, seq=entry.seq)
+            outcome, status, error = RETRY, 0, f"replay failed: {type(exc).__name__}: {exc}"
         if outcome == DELIVERED:
             await asyncio.to_thread(spool.done, entry.seq)
             sent += 1
@@ -194,8 +236,15 @@ async def replay_agent(app: web.Application, agent_id: str) -> int:
 
 async def replay_round(app: web.Application) -> int:
     agents = await asyncio.to_thread(app[SPOOL].agents)
-    counts = await asyncio.gather(*(replay_agent(app, a) for a in agents))
-    total = sum(counts)
+    # Every agent's replay ends within this round (even when one fails): a replay left
+    # running into the next round would send that agent's writes twice, out of order.
+    counts = await asyncio.gather(*(replay_agent(app, a) for a in agents), return_exceptions=True)
+    total = 0
+    for agent, count in zip(agents, counts, strict=True):
+        if isinstance(count, BaseException):
+            log.error("spool_replay_failed", agent_id=agent, error=repr(count))
+        else:
+            total += count
     if agents:
         await refresh_summary(app)
     if total:

@@ -24,11 +24,16 @@ def readiness(app: web.Application) -> tuple[bool, str]:
     identity = app[keys.IDENTITY]
     membership = app[keys.MEMBERSHIP]
     targets = [u for u in membership.targets() if u != membership.self_url]
-    if identity.coordinator or not targets:
-        return (
-            True,
-            "ready" if identity.coordinator else "ready (standalone: no coordinator configured)",
-        )
+    if identity.coordinator:
+        return True, "ready"
+    if not targets:
+        stopped = membership.told_to_stop()
+        if stopped:
+            return True, (
+                "ready (standalone: this node was removed from the cluster by "
+                f"{', '.join(stopped)}; `signet-cluster join HOST:PORT` adds it back)"
+            )
+        return True, "ready (standalone: no coordinator configured)"
     contacts = [membership.contact(u) for u in targets]
     if any(c.last_ok is not None and c.error is None for c in contacts):
         return True, "ready"

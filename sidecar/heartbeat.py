@@ -13,11 +13,11 @@ import structlog
 from aiohttp import web
 
 from signet_cluster.converter import structure, unstructure
-from signet_cluster.errors import ClusterError, PeerUnreachable
+from signet_cluster.errors import ClusterError, Gone, PeerUnreachable
 from signet_cluster.protocol import Heartbeat, HeartbeatReply
 
 from . import keys
-from .coordinator import accept_heartbeat, local_view
+from .coordinator import COORDINATOR, accept_heartbeat, local_view
 from .handoff import current_summary
 
 log = structlog.get_logger("signet_cluster.heartbeat")
@@ -70,16 +70,20 @@ async def send_heartbeat(app: web.Application, url: str) -> None:
             log.info("coordinator_reachable", coordinator=url)
         await learn_coordinators(app)
         return
-    error = response.body.get("error") if isinstance(response.body, dict) else None
+    answer = response.body if isinstance(response.body, dict) else {}
+    error, code = answer.get("error"), answer.get("code")
     if response.status == 410:
         log.warning("removed_by_coordinator", coordinator=url)
         metrics.heartbeats_failed.labels(coordinator=url, reason="removed").inc()
         membership.record_failure(url, "this node was removed from the cluster by the coordinator")
         await membership.remove((url,))
         return
-    if response.status == 409:
+    if response.status == 409 and code != "node_id_in_use":
         _failure(app, url, f"protocol mismatch: {error}", "protocol_mismatch")
         return
+    if response.status == 421:
+        # Demoted: a learned coordinator is forgotten at once (learn_coordinators).
+        membership.contact(url).not_coordinator = True
     _failure(
         app,
         url,
@@ -100,14 +104,36 @@ async def learn_coordinators(app: web.Application) -> None:
     """Start heartbeating to coordinators named in replies (or in our own registry), and
     forget learned ones that have been unreachable and unlisted for longer than reap_after."""
     membership = app[keys.MEMBERSHIP]
-    new = membership.learned_coordinators() - set(membership.targets())
+    coordinator = app[keys.IDENTITY].coordinator
+    learned = membership.learned_coordinators()
+    if not coordinator:
+        # Replies may still list this sidecar for a moment after it was demoted.
+        learned.discard(membership.self_url)
+    new = learned - set(membership.targets())
     if new:
         log.info("coordinators_learned", coordinators=sorted(new))
         await membership.add(tuple(sorted(new)))
     stale = membership.stale_coordinators(app[keys.SETTINGS].reap_after)
+    if not coordinator and membership.self_url in membership.persisted:
+        stale.append(membership.self_url)  # learned while it was a coordinator
     if stale:
         log.info("coordinators_forgotten", coordinators=stale)
         await membership.remove(tuple(stale))
+
+
+def own_heartbeat(app: web.Application) -> None:
+    """Apply this coordinator's own heartbeat to its registry. A coordinator removed from
+    the cluster (through another coordinator, e.g. while it was down) is not in its own
+    registry: it says so once and keeps serving, instead of failing every round."""
+    state = app[COORDINATOR]
+    try:
+        accept_heartbeat(app, build_heartbeat(app, None))
+    except Gone as exc:
+        if not state.removed_self:
+            log.warning("coordinator_removed", error=exc.message)
+        state.removed_self = True
+    else:
+        state.removed_self = False
 
 
 async def heartbeat_round(app: web.Application) -> None:
@@ -116,9 +142,12 @@ async def heartbeat_round(app: web.Application) -> None:
     tasks = []
     if identity.coordinator:
         # Our own heartbeat goes straight into our registry: no HTTP to ourselves.
-        accept_heartbeat(app, build_heartbeat(app, None))
+        own_heartbeat(app)
         membership.views[membership.self_url] = local_view(app)
         await learn_coordinators(app)
+    else:
+        # Demoted: the registry kept as a coordinator is no longer a view to route from.
+        membership.views.pop(membership.self_url, None)
     for url in membership.targets():
         if url == membership.self_url:
             continue

@@ -20,6 +20,8 @@ class CoordinatorContact:
     error: str | None = None
     failures: int = 0
     removed: bool = False
+    # It answered that it is no coordinator (421): demoted, so forgotten at once if learned.
+    not_coordinator: bool = False
     protocol: int | None = None
 
     def summary(self, now: float) -> dict[str, object]:
@@ -46,6 +48,8 @@ class ClusterView:
     collisions: tuple[Collision, ...]
     coordinators: tuple[str, ...]
     received_at: float
+    # Sent by a coordinator that is still rebuilding its registry (HeartbeatReply.warming).
+    warming: bool = False
 
     @classmethod
     def from_reply(cls, source: str, reply: HeartbeatReply, now: float) -> ClusterView:
@@ -58,6 +62,7 @@ class ClusterView:
             collisions=reply.collisions,
             coordinators=reply.coordinators,
             received_at=now,
+            warming=reply.warming,
         )
 
     def route(self, agent_id: str) -> RouteEntry | None:
@@ -90,7 +95,10 @@ class Membership:
         self.ttl = ttl
         self.persisted: list[str] = []
         self.contacts: dict[str, CoordinatorContact] = {}
+        # The copy of each coordinator's registry this node routes by, and (while that
+        # coordinator warms up after a restart) the newer copy it sent meanwhile.
         self.views: dict[str, ClusterView] = {}
+        self.warming: dict[str, ClusterView] = {}
         # Failsafe: node id -> alive, from this sidecar's own probes while no coordinator
         # answers (sidecar.failsafe). Empty whenever a coordinator is reachable.
         self.direct: dict[str, bool] = {}
@@ -101,6 +109,11 @@ class Membership:
     def targets(self) -> list[str]:
         urls = dict.fromkeys([*self.configured, *self.persisted])
         return [u for u in urls if not self.contacts.get(u, CoordinatorContact(url=u)).removed]
+
+    def told_to_stop(self) -> list[str]:
+        """Configured coordinators this node stopped heartbeating to because a coordinator
+        said so (`remove`, or a 410): shown in status and /readyz until `join` re-adds it."""
+        return [u for u in self.configured if u != self.self_url and self.contact(u).removed]
 
     def contact(self, url: str) -> CoordinatorContact:
         return self.contacts.setdefault(url, CoordinatorContact(url=url))
@@ -118,6 +131,7 @@ class Membership:
         self.persisted = await self.state.update_coordinators((), clean)
         for url in clean:
             self.views.pop(url, None)
+            self.warming.pop(url, None)
             if url in self.configured:
                 # A configured coordinator cannot be unconfigured at run time; stop using it.
                 self.contact(url).removed = True
@@ -133,12 +147,23 @@ class Membership:
         now = self.clock.monotonic()
         contact = self.contact(url)
         contact.last_ok, contact.error, contact.failures = now, None, 0
+        contact.not_coordinator = False
         contact.protocol = reply.protocol
         previous = self.views.get(url)
-        if reply.unchanged and previous is not None and previous.registry == reply.registry:
+        held = self.warming.get(url) or previous  # the newest copy it sent
+        if reply.unchanged and held is not None and held.registry == reply.registry:
+            current = attrs.evolve(held, received_at=now, warming=reply.warming)
+        else:
+            current = ClusterView.from_reply(url, reply, now)
+        if current.warming and previous is not None and not previous.warming:
+            # A restarted coordinator has not heard from every node yet: an agent missing
+            # from its copy would be routed locally (a write on the wrong daemon). Keep
+            # routing by the copy it sent before until it has rebuilt its registry.
+            self.warming[url] = current
             self.views[url] = attrs.evolve(previous, received_at=now)
         else:
-            self.views[url] = ClusterView.from_reply(url, reply, now)
+            self.warming.pop(url, None)
+            self.views[url] = current
 
     def record_failure(self, url: str, error: str) -> None:
         contact = self.contact(url)
@@ -146,12 +171,13 @@ class Membership:
         contact.failures += 1
 
     def known_registry(self, url: str) -> str | None:
-        view = self.views.get(url)
+        view = self.warming.get(url) or self.views.get(url)
         return view.registry if view is not None else None
 
     def stale_coordinators(self, after: float) -> list[str]:
         """Learned (not configured) coordinators that no current view lists and that have
-        not answered for `after` seconds: decommissioned, or removed from the cluster."""
+        not answered for `after` seconds (decommissioned, or removed from the cluster), or
+        that answered they are no coordinator (demoted)."""
         now = self.clock.monotonic()
         listed = self.learned_coordinators()
         stale = []
@@ -160,6 +186,9 @@ class Membership:
                 continue
             contact = self.contacts.get(url)
             if contact is None or contact.error is None:
+                continue
+            if contact.not_coordinator:
+                stale.append(url)
                 continue
             since = contact.last_ok if contact.last_ok is not None else contact.first_attempt
             if since is not None and now - since > after:
@@ -173,10 +202,13 @@ class Membership:
         return learned
 
     def newest_view(self) -> ClusterView | None:
-        """The most recently received registry copy, as received."""
-        if not self.views:
+        """The most recently received registry copy, as received; a copy from a
+        coordinator still warming up (e.g. just promoted) only when there is no other."""
+        settled = [v for v in self.views.values() if not v.warming]
+        candidates = settled or list(self.views.values())
+        if not candidates:
             return None
-        return max(self.views.values(), key=lambda v: v.received_at)
+        return max(candidates, key=lambda v: v.received_at)
 
     def in_failsafe(self) -> bool:
         """True when this member has coordinators but none answered within a TTL."""

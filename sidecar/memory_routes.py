@@ -20,6 +20,7 @@ from aiohttp import web
 from signet_cluster.agent_resolution import RouteKind, resolve_agent
 
 from . import keys
+from .auth import token_unverified
 from .fanout_legs import tag_hits
 from .federation import federated_read, federates, list_key
 from .forward import DaemonError, to_response
@@ -77,7 +78,8 @@ async def _dispatch(
 ) -> web.StreamResponse:
     app = request.app
     try:
-        body = await read_body(request, app[keys.SETTINGS].max_body_bytes)
+        settings = app[keys.SETTINGS]
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
         parsed = parse_object(body) if request.method != "GET" else None
         if HOP_HEADER in request.headers:
             return await _serve_hop(request, kind, body, parsed, outcome)
@@ -93,28 +95,27 @@ async def _dispatch(
             try:
                 raw = await serve_local(request, kind, agent, body, parsed, explicit=False)
             except DaemonError as exc:
-                if kind not in SPOOLABLE or parsed is None:
+                if kind not in SPOOLABLE or parsed is None or token_unverified(request):
                     raise
-                outcome[0] = "spooled"
-                return await _spool(request, agent, parsed, f"the local daemon: {exc.message}")
+                return await _spool(
+                    outcome, request, agent, parsed, f"the local daemon: {exc.message}"
+                )
             return to_response(raw, target.node_id)
         if target.kind == "unreachable":
             outcome[0] = "unreachable"
-            if kind in SPOOLABLE and parsed is not None:
-                outcome[0] = "spooled"
+            if kind in SPOOLABLE and parsed is not None and not token_unverified(request):
                 return await _spool(
-                    request, agent, parsed, f"owner is {target.owner_state}", target
+                    outcome, request, agent, parsed, f"owner is {target.owner_state}", target
                 )
             return owner_unreachable(app, target, None)
         try:
             raw = await forward_to_owner(request, target, body)
         except ForwardFailed as exc:
             outcome[0] = "unreachable"
-            if kind in SPOOLABLE and parsed is not None:
+            if kind in SPOOLABLE and parsed is not None and not token_unverified(request):
                 # Safe even if the owner got it before the failure: the daemon dedupes the
                 # replay by content hash (and by the idempotency key when the client sent one).
-                outcome[0] = "spooled"
-                return await _spool(request, agent, parsed, exc.message, target)
+                return await _spool(outcome, request, agent, parsed, exc.message, target)
             return owner_unreachable(app, target, exc)
         return to_response(raw, target.node_id)
     except EarlyResponse as early:
@@ -149,8 +150,7 @@ async def _serve_hop(
         # unless this is already a replay from a spool (then the sender keeps it).
         if kind not in SPOOLABLE or parsed is None or is_replay(request.headers):
             raise
-        outcome[0] = "spooled"
-        return await _spool(request, agent, parsed, f"the owner's daemon: {exc.message}")
+        return await _spool(outcome, request, agent, parsed, f"the owner's daemon: {exc.message}")
     node = app[keys.IDENTITY].node_id
     tag = request.headers.get(TAG_HEADER) == "1" and federates(kind, request.path)
     if tag and raw.status == 200:
@@ -175,6 +175,7 @@ SPOOLABLE = frozenset({RouteKind.REMEMBER, RouteKind.HOOK_REMEMBER})
 
 
 async def _spool(
+    outcome: list[str],
     request: web.Request,
     agent: str,
     parsed: dict[str, object],
@@ -191,7 +192,7 @@ async def _spool(
         }
     else:
         owner = {"node_id": target.node_id, "url": target.url, "state": target.owner_state}
-    return await spool_write(
+    response = await spool_write(
         app,
         agent_id=agent,
         owner=owner,
@@ -201,6 +202,9 @@ async def _spool(
         body=dict(parsed),
         why=why,
     )
+    # 202 stored; else refused (a bound reached, or a write no daemon would take).
+    outcome[0] = "spooled" if response.status == 202 else "refused"
+    return response
 
 
 def add_memory_api(app: web.Application) -> None:

@@ -9,6 +9,8 @@ stays flat. Uploads are capped at `max_upload_bytes` bytes (413 past it).
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -48,7 +50,16 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
             # Already read (and cached) by the auth middleware to check its signature.
             data = await request.read()
         elif length is not None and length <= _WHOLE:
-            data = await request.content.readexactly(length) if length else b""
+            try:
+                async with asyncio.timeout(settings.body_timeout):
+                    data = await request.content.readexactly(length) if length else b""
+            except TimeoutError:
+                return daemon_error(
+                    408,
+                    f"request body not received within {settings.body_timeout:g}s "
+                    "(setting body_timeout)",
+                    code="body_timeout",
+                )
         else:
             upload = Upload(request.content, limit)
             data = upload.chunks()

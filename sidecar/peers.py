@@ -19,6 +19,8 @@ from signet_cluster.errors import PeerUnreachable
 HOP_HEADER = "x-signet-cluster-hop"
 # Headers aiohttp would add on its own; a forwarded request carries only the client's.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
+# The largest answer `call` reads: a heartbeat reply for 1,000 nodes is about 1.6 MB.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -63,6 +65,7 @@ class PeerClient:
         self.signer = signer
         # Read per request, so reloaded certificates are used from the next connection on.
         self.ssl_context = ssl_context or (lambda: None)
+        self.max_reply_bytes = MAX_REPLY_BYTES
 
     async def call(
         self,
@@ -88,7 +91,7 @@ class PeerClient:
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
                 ssl=self._ssl(url),
             ) as resp:
-                raw = await resp.read()
+                raw = await self._read_capped(resp, f"{method} {url}")
                 try:
                     parsed = json.loads(raw) if raw else None
                 except ValueError:
@@ -98,6 +101,19 @@ class PeerClient:
             raise PeerUnreachable(f"{method} {url} timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise PeerUnreachable(f"{method} {url} failed: {exc or type(exc).__name__}") from None
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        """The body, or PeerUnreachable once it passes max_reply_bytes (a wrong address or a
+        broken peer must not make this sidecar hold whatever it sends)."""
+        limit = self.max_reply_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise PeerUnreachable(f"{what} answered with more than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _headers(
         self, method: str, url: URL, body: bytes, extra: Mapping[str, str]

@@ -75,26 +75,40 @@ def _too_large(limit: int) -> EarlyResponse:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The whole request body (cached on the request: the auth middleware may have read it
-    to check a signature), refused with 413 past `limit` bytes."""
+    to check a signature), refused with 413 past `limit` bytes and with 408 when it does not
+    arrive within `timeout` seconds (a client trickling its body cannot hold a handler)."""
     if not request.body_exists:
         return b""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
-        return await request.read()  # bounded by client_max_size = max_body_bytes
+        if request.content.is_eof():
+            return await request.read()  # all here already (the usual case): no timer
+        async with asyncio.timeout(timeout):
+            return await request.read()  # bounded by client_max_size = max_body_bytes
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
+    except TimeoutError:
+        raise EarlyResponse(
+            daemon_error(
+                408,
+                f"request body not received within {timeout:g}s (setting body_timeout)",
+                code="body_timeout",
+            )
+        ) from None
 
 
 def parse_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None (then it reaches the daemon as sent)."""
+    """The body as a JSON object, or None (then it reaches the daemon as sent, and the
+    daemon answers with its own error)."""
     if not body:
         return None
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the decoder's stack (`[[[[...`).
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -160,13 +174,19 @@ async def serve_local(
     data = json.dumps(plan.body).encode() if plan.changed and plan.body is not None else body
     path_qs = _path_qs(request, plan, query)
     raw = await state.daemon.send(plan.method, path_qs, headers, data or None)
-    if plan.session_for is not None and plan.body is not None and not_active(raw.status, raw.body):
-        # Our session was lost (daemon restart) or the client's key was never opened:
-        # open ours (again) and retry once.
+    again = own_session
+    while (
+        plan.session_for is not None and plan.body is not None and not_active(raw.status, raw.body)
+    ):
+        # The client's key was never opened, or the daemon restarted and lost every session:
+        # retry with ours, opened again unless that was just tried (at most twice).
         plan.body["sessionKey"] = await state.sessions.ensure(
-            state.daemon, plan.session_for, again=own_session
+            state.daemon, plan.session_for, again=again
         )
         raw = await state.daemon.send(plan.method, path_qs, headers, json.dumps(plan.body).encode())
+        if again:
+            break
+        again = True
     return raw
 
 
@@ -206,7 +226,9 @@ def owner_unreachable(
         applied = "was not applied"
     else:
         why = f"did not answer ({exc.message})"
-        applied = "may or may not have been applied there; retry with the same idempotencyKey"
+        # Remembers never get here (they are spooled); a modify, forget or delete may have
+        # been applied, and has no idempotency key: the client should look before retrying.
+        applied = "may or may not have been applied there; check its current state before retrying"
     response = daemon_error(
         503 if exc is None or not exc.connected else 504,
         f"agent {target.agent_id!r} lives on node {target.node_id} ({target.url}), which {why}; "

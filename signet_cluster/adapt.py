@@ -18,6 +18,7 @@ Pure: works on parsed bodies and query pairs; the caller serialises only when ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,14 +55,16 @@ class Plan:
     session_for: str | None = None
 
 
-def _number(value: str) -> int | float | str:
+def _number(value: str) -> int | float | None:
     try:
         return int(value)
     except ValueError:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            return value
+            return None
+    # "inf" or "nan" would go out as the JSON tokens Infinity/NaN, which no daemon parses.
+    return number if math.isfinite(number) else None
 
 
 def plan_request(
@@ -101,7 +104,9 @@ def plan_request(
         if explicit and named:
             _query_agent(plan, agent)
     elif kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID):
-        if explicit and named and not headers.get(AGENT_HEADER):
+        # Rust scopes these by the agent header only: an agent named in the query (which
+        # TS reads) must reach a Rust daemon as the header, local or routed.
+        if named and (explicit or rust) and not headers.get(AGENT_HEADER):
             plan.set_headers[AGENT_HEADER] = agent
     elif kind in (RouteKind.REMEMBER, RouteKind.HOOK_REMEMBER, RouteKind.HOOK):
         if plan.body is not None:
@@ -144,18 +149,28 @@ def _recall(plan: Plan, *, rust: bool, agent: str, force_agent: bool) -> None:
         _body_agent(plan, agent)
 
 
-def _search_as_recall(plan: Plan, agent: str) -> None:
-    params = dict(plan.query)
-    body: dict[str, Any] = {"agentId": agent}
+def search_as_recall_body(params: Mapping[str, str]) -> dict[str, Any]:
+    """A GET search's query parameters as the equivalent recall body (no agent). A number
+    that does not parse is left out, as TS reads it (NaN: no filter)."""
+    body: dict[str, Any] = {}
     if "q" in params:
         body["query"] = params["q"]
     for name, field in _SEARCH_TO_RECALL.items():
-        if name in params:
-            body[field] = (
-                _number(params[name]) if name in ("limit", "importance_min") else params[name]
-            )
+        if name not in params:
+            continue
+        if name in ("limit", "importance_min"):
+            number = _number(params[name])
+            if number is not None:
+                body[field] = number
+        else:
+            body[field] = params[name]
     if params.get("pinned") in ("1", "true"):
         body["pinned"] = True
+    return body
+
+
+def _search_as_recall(plan: Plan, agent: str) -> None:
+    body = {"agentId": agent, **search_as_recall_body(dict(plan.query))}
     plan.method, plan.path, plan.query, plan.body = "POST", "/api/memory/recall", [], body
     plan.set_headers["Content-Type"] = "application/json"
     plan.changed = True

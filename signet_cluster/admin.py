@@ -14,13 +14,15 @@ from collections.abc import Iterable
 
 import attrs
 
+from .protocol import valid_agent_id, valid_http_url, valid_node_id
+
 MEMBERSHIP_STATES = ("joined", "removed")
 
 
 @attrs.frozen(kw_only=True)
 class NodeDecision:
-    node_id: str
-    url: str | None
+    node_id: str = attrs.field(validator=valid_node_id)
+    url: str | None = attrs.field(validator=attrs.validators.optional(valid_http_url))
     state: str = attrs.field(validator=attrs.validators.in_(MEMBERSHIP_STATES))
     at: float
 
@@ -29,8 +31,8 @@ class NodeDecision:
 class Adoption:
     """`node_id` None means the adoption was cleared (back to the automatic rule)."""
 
-    agent_id: str
-    node_id: str | None
+    agent_id: str = attrs.field(validator=valid_agent_id)
+    node_id: str | None = attrs.field(validator=attrs.validators.optional(valid_node_id))
     at: float
 
 

@@ -99,9 +99,11 @@ SOURCES: dict[RouteKind, tuple[Source, ...]] = {
     RouteKind.GET_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
     RouteKind.PATCH_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
     RouteKind.DELETE_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
-    RouteKind.REMEMBER: (_BODY_AGENT, _BODY_SESSION, _HEADER_SESSION),
+    # Remember names its agent by body agentId or the session-key *header*; a body
+    # sessionKey does not name it (TS ignores it; Rust only checks it against agentId).
+    RouteKind.REMEMBER: (_BODY_AGENT, _HEADER_SESSION),
     # Rust's /api/hook/remember also reads the agent header.
-    RouteKind.HOOK_REMEMBER: (_BODY_AGENT, _HEADER_AGENT, _BODY_SESSION, _HEADER_SESSION),
+    RouteKind.HOOK_REMEMBER: (_BODY_AGENT, _HEADER_AGENT, _HEADER_SESSION),
     # Only Rust scopes modify/forget; it reads agent_id/agentId, then the header.
     RouteKind.MODIFY: (("body", "agent_id", False), _BODY_AGENT, _HEADER_AGENT),
     RouteKind.FORGET: (("body", "agent_id", False), _BODY_AGENT, _HEADER_AGENT),

@@ -147,16 +147,19 @@ class ReplayCache:
     Entries leave when their timestamp falls out of the window. When the cache is full of
     entries that are still inside the window, the oldest is dropped and its timestamp becomes
     a floor: any request at or before the floor is refused as stale. So memory stays bounded
-    and a replay is never accepted; under a flood the effective window just shrinks."""
+    and a replay is never accepted; under a flood the effective window just shrinks.
 
-    def __init__(self, max_entries: int, window_ms: int) -> None:
+    A new cache knows nothing of what an earlier process accepted: start it with `floor_ms`
+    at the start time, so a request signed before a restart cannot be accepted again."""
+
+    def __init__(self, max_entries: int, window_ms: int, *, floor_ms: int = -1) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.window_ms = window_ms
         self._seen: set[str] = set()
         self._heap: list[tuple[int, str]] = []
-        self.floor_ms = -1
+        self.floor_ms = floor_ms
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -45,12 +45,6 @@ class Breakers:
         if breaker.failures >= self.threshold:
             breaker.open_until = now + self.cooldown
 
-    def release(self, node_id: str) -> None:
-        """A probe that ended without a verdict (cancelled): let the next request probe."""
-        breaker = self.nodes.get(node_id)
-        if breaker is not None:
-            breaker.probing = False
-
     def state(self, node_id: str, now: float) -> str:
         breaker = self.nodes.get(node_id)
         if breaker is None or breaker.open_until is None:

@@ -8,6 +8,7 @@ problem, which the sidecar returns as a 400 and the CLI prints.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -38,6 +39,10 @@ def _strict_int(value: object, _type: object) -> int:
 def _strict_float(value: object, _type: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
+    # json.loads accepts NaN and Infinity: a NaN passes every range check and breaks every
+    # comparison (newest-wins merges, ages), and browsers cannot parse it back.
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -128,9 +133,14 @@ def structure(data: Any, cls: type[T], path: str = "body") -> T:
 def structure_json(raw: bytes | str, cls: type[T]) -> T:
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ValidationFailed(["body is nested too deeply"]) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed([f"body is not valid JSON: {exc}"]) from None
-    return structure(data, cls)
+    try:
+        return structure(data, cls)
+    except RecursionError:
+        raise ValidationFailed(["body is nested too deeply"]) from None
 
 
 def unstructure(obj: object) -> Any:

@@ -139,15 +139,29 @@ class DaemonAdapter:
         """The offline roster (what `signet agent list` shows without a daemon)."""
         agents: dict[str, AgentInfo] = {"default": DEFAULT_AGENT}
         for entry in read_yaml_roster(self.workspace):
-            agents.setdefault(
-                entry.name,
-                AgentInfo(
-                    id=entry.name, read_policy=entry.read_policy, policy_group=entry.policy_group
-                ),
-            )
+            _add(agents, entry.name, entry.read_policy, entry.policy_group)
         for name in discover_agent_dirs(self.workspace):
-            agents.setdefault(name, AgentInfo(id=name, read_policy="isolated"))
+            _add(agents, name, "isolated")
         return tuple(sorted(agents.values(), key=lambda a: a.id))
+
+
+def _add(
+    agents: dict[str, AgentInfo],
+    agent_id: str,
+    read_policy: str,
+    policy_group: str | None = None,
+    created_at: str | None = None,
+) -> None:
+    """Add an agent unless one with that id is listed already; an id the cluster cannot
+    route (spaces, ':' ...) is left out: it stays node-local, served by the local daemon."""
+    if agent_id in agents:
+        return
+    try:
+        agents[agent_id] = AgentInfo(
+            id=agent_id, read_policy=read_policy, policy_group=policy_group, created_at=created_at
+        )
+    except ValueError:
+        return
 
 
 def effective_policy(read_policy: object, policy_group: object) -> tuple[str, str | None]:
@@ -170,20 +184,10 @@ def merge_roster(rows: list[Any], workspace: Path) -> tuple[AgentInfo, ...]:
             continue
         policy, group = effective_policy(row.get("read_policy"), row.get("policy_group"))
         created = row.get("created_at") if isinstance(row.get("created_at"), str) else None
-        try:
-            agents[row["id"]] = AgentInfo(
-                id=row["id"], read_policy=policy, policy_group=group, created_at=created
-            )
-        except ValueError:
-            continue  # an id we cannot route (spaces, ':' ...) stays node-local
+        _add(agents, row["id"], policy, group, created)
     agents.setdefault("default", DEFAULT_AGENT)
-    names = [e.name for e in read_yaml_roster(workspace)] + discover_agent_dirs(workspace)
-    for name in names:
-        if name not in agents:
-            try:
-                agents[name] = AgentInfo(id=name, read_policy="isolated")
-            except ValueError:
-                continue
+    for name in [e.name for e in read_yaml_roster(workspace)] + discover_agent_dirs(workspace):
+        _add(agents, name, "isolated")
     return tuple(sorted(agents.values(), key=lambda a: a.id))
 
 

@@ -51,6 +51,13 @@ class ProtocolMismatch(ClusterError):
     code = "protocol_mismatch"
 
 
+class NodeIdInUse(ClusterError):
+    """Another live sidecar heartbeats with this node id (a copied state dir or config)."""
+
+    status = 409
+    code = "node_id_in_use"
+
+
 class NotFound(ClusterError):
     status = 404
     code = "not_found"
@@ -82,11 +89,6 @@ class DaemonUnavailable(ClusterError):
 
     status = 503
     code = "daemon_unavailable"
-
-
-class Unauthorized(ClusterError):
-    status = 401
-    code = "unauthorized"
 
 
 class Forbidden(ClusterError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import aiohttp
@@ -128,32 +128,7 @@ class EtcdClient:
         raise_for_error(data, url, status)
         return data
 
-    # -- health and leases ---------------------------------------------------------------
-    async def health(self) -> str:
-        """The endpoint that reports healthy (`GET /health`), trying each in order."""
-        failures: list[str] = []
-        for index in self._order():
-            url = self.endpoints[index] + "/health"
-            try:
-                async with self.session.get(
-                    url, timeout=aiohttp.ClientTimeout(total=self.timeout)
-                ) as resp:
-                    data = parse_json(await resp.read(), url)
-            except TimeoutError:
-                failures.append(f"{url} timed out after {self.timeout:g}s")
-                continue
-            except (aiohttp.ClientError, OSError) as exc:
-                failures.append(f"{url}: {exc or type(exc).__name__}")
-                continue
-            except EtcdRequestFailed as exc:
-                failures.append(exc.message)
-                continue
-            if isinstance(data, dict) and data.get("health") == "true":
-                self._preferred = index
-                return self.endpoints[index]
-            failures.append(f"{url} reports unhealthy: {data!r}"[:200])
-        raise EtcdUnavailable("etcd unhealthy: " + "; ".join(failures))
-
+    # -- leases --------------------------------------------------------------------------
     async def lease_grant(self, ttl: int) -> Lease:
         data = await self.call("/lease/grant", {"TTL": str(ttl)})
         return Lease(id=as_int(data.get("ID")), ttl=as_int(data.get("TTL")))
@@ -278,19 +253,22 @@ class EtcdClient:
         until it breaks (raising EtcdUnavailable, never silently ending)."""
         request = {**range_body(key, prefix), "start_revision": str(start_revision)}
         body = {"create_request": request}
-        # No total timeout: the stream lives as long as the watch. Connecting and the first
-        # answer are bounded by the call timeout.
+        # No total timeout: the stream lives as long as the watch.
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout)
         failures: list[str] = []
         for index in self._order():
             url = f"{self.endpoints[index]}/v3/watch"
             opened = False
             try:
-                async with (
-                    self.session.post(url, json=body, timeout=timeout) as resp,
-                    aclosing(_lines(resp.content, url)) as lines,
-                ):
+                async with AsyncExitStack() as stack:
+                    # Connecting, the response headers and the first answer, together, within
+                    # the call timeout (aiohttp's timeouts above would wait for the headers
+                    # forever, and a member in trouble may never send them).
                     async with asyncio.timeout(self.timeout):
+                        resp = await stack.enter_async_context(
+                            self.session.post(url, json=body, timeout=timeout)
+                        )
+                        lines = await stack.enter_async_context(aclosing(_lines(resp.content, url)))
                         message = await anext(lines, None)
                     if message is None:
                         raise EtcdUnavailable(f"{url} closed the watch before answering")
@@ -299,7 +277,9 @@ class EtcdClient:
                     self._preferred = index
                     next_revision = start_revision
                     while message is not None:
-                        batch = watch_batch(parse_json(message, url), url, next_revision)
+                        batch = watch_batch(
+                            parse_json(message, url), url, next_revision, self.endpoints[index]
+                        )
                         next_revision = batch.next_revision
                         yield batch
                         message = await anext(lines, None)

@@ -141,12 +141,14 @@ class WatchEvent:
 @attrs.frozen(kw_only=True)
 class WatchBatch:
     """One watch answer. `created` marks the first answer of each (re)connected stream;
-    `next_revision` is where a resumed watch continues without loss or repetition."""
+    `next_revision` is where a resumed watch continues without loss or repetition;
+    `endpoint` is the member whose stream delivered it."""
 
     revision: int
     events: tuple[WatchEvent, ...]
     created: bool
     next_revision: int
+    endpoint: str
 
 
 # -- transactions ------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def txn_responses(data: dict[str, Any], revision: int) -> tuple[RangeResult | in
     return tuple(out)
 
 
-def watch_batch(data: Any, url: str, next_revision: int) -> WatchBatch:
+def watch_batch(data: Any, url: str, next_revision: int, endpoint: str) -> WatchBatch:
     raise_for_error(data, url, 200)
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, dict):
@@ -275,6 +277,7 @@ def watch_batch(data: Any, url: str, next_revision: int) -> WatchBatch:
         events=tuple(events),
         created=bool(result.get("created")),
         next_revision=next_revision,
+        endpoint=endpoint,
     )
 
 

@@ -9,8 +9,10 @@ The read rules are the daemon's (contract §2) inside one daemon, and DESIGN §7
   `group` G agent reads the `global` memories of agents whose `policy_group` is G, whatever
   their own policy (so an isolated agent's global memories are still seen by the shared
   agents of its own node);
-- across nodes, only `global` memories of agents that are not `isolated` travel: a shared
-  reader gets them from every other node, a group G reader those of G's members;
+- across nodes, a `shared` or `group` reader's read fans out, and every other node
+  contributes the `global` memories of its agents that the daemon does not read as isolated
+  (to a group G reader only those of `group` G agents): the contributing sidecar's own rule
+  (`visibility.may_contribute`), called here;
 - private and archived memories never leave their node; `default` is node-local.
 """
 
@@ -22,7 +24,9 @@ from typing import Any
 import attrs
 
 from .converter import structure
+from .ownership import MemoryOwner
 from .protocol import AgentInfo, Collision, DaemonInfo, PeerView, RouteEntry
+from .visibility import may_contribute
 
 LOCAL_AGENT = "default"
 
@@ -126,6 +130,28 @@ def _effective(policy: str, group: str | None) -> str:
     return policy if policy in ("shared", "group") else "isolated"
 
 
+def _daemon_reads(reader: AgentInfo, other: AgentInfo) -> bool:
+    """On one daemon: whether `reader` sees `other`'s global memories (contract §2)."""
+    policy = _effective(reader.read_policy, reader.policy_group)
+    return policy == "shared" or (policy == "group" and other.policy_group == reader.policy_group)
+
+
+def _travels(memory_of: AgentInfo, reader: AgentInfo) -> bool:
+    """Across nodes: whether a node contributes `memory_of`'s global memories to `reader`'s
+    federated read. The contributing sidecar's own rule, not a copy of it, applied to the
+    policy the daemon really uses (its `agents` row: `group` without a group is isolated)."""
+    policy = _effective(memory_of.read_policy, memory_of.policy_group)
+    as_daemon_reads = attrs.evolve(
+        memory_of,
+        read_policy=policy,
+        policy_group=memory_of.policy_group if policy == "group" else None,
+    )
+    owner = MemoryOwner(id="", agent_id=memory_of.id, visibility="global", is_deleted=False)
+    return may_contribute(
+        owner, {memory_of.id: as_daemon_reads}, reader.read_policy, reader.policy_group
+    )
+
+
 def _answered_here(picture: ClusterPicture, node: PeerView, agent: AgentInfo) -> bool:
     """True when `node`'s daemon answers for `agent` (it is the owner, or `default`)."""
     return agent.id == LOCAL_AGENT or picture.owner_of(agent.id) == node.node_id
@@ -142,8 +168,15 @@ def _health(node: PeerView) -> tuple[bool, str]:
     return True, ""
 
 
+def _reader_why(reader: AgentInfo, where: str) -> str:
+    if _effective(reader.read_policy, reader.policy_group) == "shared":
+        return f"shared reader {where}"
+    return f"member of group {reader.policy_group} {where}"
+
+
 def readers_of(picture: ClusterPicture, owner: PeerView, target: AgentInfo) -> list[Reader]:
-    isolated = _effective(target.read_policy, target.policy_group) == "isolated"
+    """Who reads `target`'s memories: itself, on its owner's daemon whoever the daemon lets,
+    and on other nodes the agents whose federated reads the owner contributes to."""
     found = [
         Reader(
             agent_id=target.id,
@@ -156,19 +189,14 @@ def readers_of(picture: ClusterPicture, owner: PeerView, target: AgentInfo) -> l
     ]
     for node in picture.peers:
         same = node.node_id == owner.node_id
-        if not same and isolated:
-            continue  # an isolated agent's memories never leave its node
         for agent in node.agents:
+            # A reader is where its own requests are answered (its owner, or any node for
+            # `default`); a losing copy of an agent reads nothing as that agent.
             if agent.id == target.id or not _answered_here(picture, node, agent):
                 continue
-            policy = _effective(agent.read_policy, agent.policy_group)
-            where = "on the owner's daemon" if same else "across nodes"
-            if policy == "shared":
-                why = f"shared reader {where}"
-            elif policy == "group" and agent.policy_group == target.policy_group:
-                why = f"member of group {agent.policy_group} {where}"
-            else:
+            if not (_daemon_reads(agent, target) if same else _travels(target, agent)):
                 continue
+            where = "on the owner's daemon" if same else "across nodes"
             found.append(
                 Reader(
                     agent_id=agent.id,
@@ -176,50 +204,40 @@ def readers_of(picture: ClusterPicture, owner: PeerView, target: AgentInfo) -> l
                     read_policy=agent.read_policy,
                     policy_group=agent.policy_group,
                     scope="global",
-                    why=why,
+                    why=_reader_why(agent, where),
                 )
             )
     return found
 
 
 def sources_of(picture: ClusterPicture, owner: PeerView, reader: AgentInfo) -> list[Source]:
-    policy = _effective(reader.read_policy, reader.policy_group)
+    """What `reader` reads, node by node: everything of its own and, by the daemon's rules,
+    other agents' global memories on its owner's daemon; elsewhere what those nodes
+    contribute to its federated reads (every agent their daemon holds, owned here or not,
+    as the contributing sidecar filters by its own roster)."""
     sources = []
     for node in picture.peers:
         same = node.node_id == owner.node_id
-        if not same and policy == "isolated":
-            continue
-        theirs = []
-        for agent in node.agents:
-            if agent.id == reader.id or not _answered_here(picture, node, agent):
-                continue
-            if not same and _effective(agent.read_policy, agent.policy_group) == "isolated":
-                continue  # stays home
-            if policy == "shared" or (
-                policy == "group" and agent.policy_group == reader.policy_group
-            ):
-                theirs.append(agent.id)
         healthy, _ = _health(node)
+
+        def source(
+            scope: str, agents: list[str], node: PeerView = node, ok: bool = healthy
+        ) -> Source:
+            return Source(
+                node_id=node.node_id,
+                state=node.state,
+                healthy=ok,
+                scope=scope,
+                agents=tuple(agents),
+            )
+
         if same:
-            sources.append(
-                Source(
-                    node_id=node.node_id,
-                    state=node.state,
-                    healthy=healthy,
-                    scope="own",
-                    agents=(reader.id,),
-                )
-            )
+            sources.append(source("own", [reader.id]))
+            theirs = [a.id for a in node.agents if a.id != reader.id and _daemon_reads(reader, a)]
+        else:
+            theirs = [a.id for a in node.agents if _travels(a, reader)]
         if theirs:
-            sources.append(
-                Source(
-                    node_id=node.node_id,
-                    state=node.state,
-                    healthy=healthy,
-                    scope="global",
-                    agents=tuple(sorted(theirs)),
-                )
-            )
+            sources.append(source("global", sorted(theirs)))
     return sources
 
 
@@ -274,14 +292,15 @@ def explain(picture: ClusterPicture, agent_id: str) -> Explanation:
     if not healthy:
         misses.append(
             f"{problem}: reads of {agent_id} get nothing from its owner (partial results, "
-            f"{agent_id} listed as missing) and writes for it cannot reach its daemon"
+            f"{agent_id} listed as missing); remembers for it are spooled (202) and written "
+            "once the owner is back, other writes get 503"
         )
     if collision is not None:
-        others = [n for n in collision.claimants if n != collision.winner]
+        others = ", ".join(n for n in collision.claimants if n != collision.winner)
         misses.append(
-            f"{agent_id} is also claimed by {', '.join(others)}: only {collision.winner} "
-            f"answers for it (rule {collision.rule}); memories held under {agent_id} on "
-            f"{', '.join(others)} are not read through the cluster. "
+            f"{agent_id} is also claimed by {others}: only {collision.winner} answers for it "
+            f"(rule {collision.rule}); what {agent_id} stored on {others} is read at most as "
+            "federated global memories, never its private ones. "
             f"Settle it with `signet-cluster adopt {agent_id} NODE`"
         )
     for source in sources:
@@ -296,14 +315,17 @@ def explain(picture: ClusterPicture, agent_id: str) -> Explanation:
         )
     misses.extend(stale_note)
 
-    policy = _effective(target.read_policy, target.policy_group)
-    if target.read_policy == "group" and target.policy_group is None:
-        notes.append(f"{agent_id} has policy group but no group: the daemon treats it as isolated")
-    if policy == "isolated":
+    if target.read_policy == "isolated":
+        notes.append(f"{agent_id} is isolated: it reads only its own memories")
+    elif _effective(target.read_policy, target.policy_group) == "isolated":
         notes.append(
-            f"{agent_id} is isolated: it reads only its own memories, and none of its memories "
-            f"leave {owner.node_id} (shared agents on {owner.node_id} still see its global ones, "
-            "as the daemon does)"
+            f"{agent_id} has policy group but no group: the daemon reads it as isolated, so "
+            "it reads only its own memories"
+        )
+    if not _travels(target, AgentInfo(id="a-shared-reader", read_policy="shared")):
+        notes.append(
+            f"none of {agent_id}'s memories leave {owner.node_id} (shared agents on "
+            f"{owner.node_id} still see its global ones, as the daemon does)"
         )
     notes.append(
         f"private memories of {agent_id} are read by {agent_id} alone and never leave "

@@ -56,7 +56,12 @@ class MemoryOwnership:
         self._path = Path(db_path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._columns: frozenset[str] | None = None
+        # What the schema held at `_schema` (SQLite's schema cookie): the columns of
+        # `memories` and whether an `agents` table exists. Re-read when the cookie moves,
+        # e.g. a daemon upgraded in place past 0.76 adds agent_id/visibility/agents.
+        self._schema: int | None = None
+        self._columns: frozenset[str] = frozenset()
+        self._has_agents = False
 
     @property
     def db_path(self) -> Path:
@@ -81,11 +86,19 @@ class MemoryOwnership:
         return conn
 
     def _memory_columns(self, conn: sqlite3.Connection) -> frozenset[str]:
-        if self._columns is None:
+        schema = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+        if schema != self._schema:
             rows = conn.execute("PRAGMA table_info(memories)").fetchall()
             if not rows:
                 raise OwnershipUnavailable(f"{self._path} has no memories table")
             self._columns = frozenset(str(row[1]) for row in rows)
+            self._has_agents = (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agents'"
+                ).fetchone()
+                is not None
+            )
+            self._schema = schema
         return self._columns
 
     def _select_sql(self, columns: frozenset[str], count: int) -> str:
@@ -106,9 +119,9 @@ class MemoryOwnership:
             try:
                 return self._lookup_locked(wanted)
             except sqlite3.OperationalError:
-                # The daemon may have migrated the schema since we looked (a legacy
-                # database upgraded in place): re-read the columns once and retry.
-                self._columns = None
+                # The daemon may have changed the schema between our look and the query:
+                # re-read it once and retry.
+                self._schema = None
                 try:
                     return self._lookup_locked(wanted)
                 except sqlite3.Error as exc:
@@ -131,6 +144,30 @@ class MemoryOwnership:
                     visibility=str(visibility),
                     is_deleted=bool(deleted),
                 )
+        return found
+
+    def policies(self, agent_ids: Iterable[str]) -> dict[str, tuple[object, object]] | None:
+        """``(read_policy, policy_group)`` of these agents as the daemon's ``agents`` table
+        holds them now (agents without a row are left out); None when the database has no
+        such table (releases before 0.76)."""
+        wanted = list(dict.fromkeys(agent_ids))
+        found: dict[str, tuple[object, object]] = {}
+        with self._lock:
+            try:
+                conn = self._connect()
+                self._memory_columns(conn)
+                if not self._has_agents:
+                    return None
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    for agent_id, policy, group in conn.execute(
+                        f"SELECT id, read_policy, policy_group FROM agents WHERE id IN ({marks})",
+                        chunk,
+                    ):
+                        found[str(agent_id)] = (policy, group)
+            except sqlite3.Error as exc:
+                raise OwnershipUnavailable(f"cannot read agents from {self._path}: {exc}") from exc
         return found
 
     def agents(self) -> list[dict[str, object]]:
@@ -157,7 +194,7 @@ class MemoryOwnership:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-                self._columns = None
+                self._schema = None
 
     def __enter__(self) -> MemoryOwnership:
         return self

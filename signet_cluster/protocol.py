@@ -8,7 +8,7 @@ Peers tolerate unknown keys so a newer sidecar can add fields without breaking o
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
@@ -23,10 +23,8 @@ MAX_AGENTS_PER_NODE = 1000
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _AGENT_ID = re.compile(r"^[^\s:/?#]{1,128}$")
 
-PeerState = Literal["alive", "down"]
 
-
-def _node_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+def valid_node_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
     if not _NODE_ID.match(value):
         raise ValueError(
             f"{attr.name} must be 1-64 characters of letters, digits, '.', '_' or '-' "
@@ -34,14 +32,14 @@ def _node_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
         )
 
 
-def _agent_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+def valid_agent_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
     if not _AGENT_ID.match(value):
         raise ValueError(
             f"{attr.name} must be 1-128 characters without spaces, ':', '/', '?' or '#'"
         )
 
 
-def _http_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+def valid_http_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
     if not re.match(r"^https?://[^\s/]+(:\d+)?/?$", value):
         raise ValueError(f"{attr.name} must be an http(s)://host:port URL, got {value!r}")
 
@@ -54,9 +52,9 @@ def _unique_agents(_inst: object, _attr: attrs.Attribute[Any], value: tuple[Any,
         seen.add(agent.id)
 
 
-def _http_urls(inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+def valid_http_urls(inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for url in value:
-        _http_url(inst, attr, url)
+        valid_http_url(inst, attr, url)
 
 
 def _non_negative(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
@@ -88,7 +86,7 @@ class ProtocolRange:
 class AgentInfo:
     """One agent as its owning daemon reports it."""
 
-    id: str = attrs.field(validator=_agent_id)
+    id: str = attrs.field(validator=valid_agent_id)
     read_policy: str = attrs.field(validator=attrs.validators.in_(READ_POLICIES))
     policy_group: str | None = None
     created_at: str | None = None
@@ -120,9 +118,9 @@ class Heartbeat:
     """Sent by every sidecar to every coordinator once per heartbeat interval."""
 
     protocol: ProtocolRange
-    node_id: str = attrs.field(validator=_node_id)
+    node_id: str = attrs.field(validator=valid_node_id)
     instance_id: str = attrs.field(validator=attrs.validators.max_len(128))
-    url: str = attrs.field(validator=_http_url)
+    url: str = attrs.field(validator=valid_http_url)
     sidecar_version: str = attrs.field(validator=attrs.validators.max_len(64))
     daemon: DaemonInfo
     agents: tuple[AgentInfo, ...] = attrs.field(
@@ -185,7 +183,9 @@ class Collision:
 @attrs.frozen(kw_only=True)
 class HeartbeatReply:
     """The coordinator's answer. When `unchanged` is true the node's copy of the registry
-    (named by `registry`) is current and peers/routes/collisions are left empty."""
+    (named by `registry`) is current and peers/routes/collisions are left empty. `warming`:
+    the coordinator started (or was promoted) less than a TTL ago, so its registry may
+    still miss nodes that have not heartbeated to it yet."""
 
     protocol: int
     coordinator_id: str
@@ -196,6 +196,7 @@ class HeartbeatReply:
     routes: tuple[RouteEntry, ...] = ()
     coordinators: tuple[str, ...] = ()
     collisions: tuple[Collision, ...] = ()
+    warming: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -209,8 +210,10 @@ class JoinRequest:
 class AdoptRequest:
     """`signet-cluster adopt AGENT NODE` (node None clears the override)."""
 
-    agent_id: str = attrs.field(validator=_agent_id)
-    node_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(_node_id))
+    agent_id: str = attrs.field(validator=valid_agent_id)
+    node_id: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(valid_node_id)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -222,16 +225,16 @@ class PromoteRequest:
 class CoordinatorsUpdate:
     """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join)."""
 
-    add: tuple[str, ...] = attrs.field(default=(), validator=_http_urls)
-    remove: tuple[str, ...] = attrs.field(default=(), validator=_http_urls)
+    add: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
+    remove: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
 
 
 @attrs.frozen(kw_only=True)
 class NodeInfo:
     """`GET /api/cluster/info`: who answers at this address (used by join probes)."""
 
-    node_id: str
-    url: str
+    node_id: str = attrs.field(validator=valid_node_id)
+    url: str = attrs.field(validator=valid_http_url)
     sidecar_version: str
     protocol: ProtocolRange
     coordinator: bool

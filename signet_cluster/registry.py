@@ -127,9 +127,12 @@ class Registry:
             )
             self._bump()
             return True
-        if not record.joined or record.url != url:
+        # A node that heartbeats is where its heartbeats say; the decision's URL only
+        # stands in until then.
+        moved = record.heartbeat is None and record.url != url
+        if not record.joined or moved:
             record.joined = True
-            if record.heartbeat is None:
+            if moved:
                 record.url = url
             self._bump()
             return True

@@ -4,6 +4,7 @@ validated once with every problem listed (`signet-cluster check-config`)."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -302,13 +303,16 @@ def _coerce(name: str, value: Any, *, from_text: bool) -> tuple[Any, str | None]
             return None, f"{name}: expected a number, got {value!r}"
         try:
             number = int(value) if kind == "int" else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(float("inf")) overflows
             return (
                 None,
                 f"{name}: expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}",
             )
         if kind == "int" and isinstance(value, float) and not value.is_integer():
             return None, f"{name}: expected an integer, got {value!r}"
+        if not math.isfinite(number):
+            # float("nan") parses, and a NaN passes every `<= 0` check in validate().
+            return None, f"{name}: expected a finite number, got {value!r}"
         return number, None
     if not isinstance(value, str):
         return None, f"{name}: expected a string, got {value!r}"
@@ -470,16 +474,26 @@ def _security_problems(settings: Settings) -> list[str]:
     for name in ("idle_timeout", "body_timeout"):
         if getattr(settings, name) <= 0:
             problems.append(f"{name}: must be greater than 0")
+    problem = unsafe_bind_problem(settings)
+    if problem:
+        problems.append(problem)
+    return problems
+
+
+def unsafe_bind_problem(settings: Settings) -> str | None:
+    """Why this listener would let anyone in: reachable from other machines while nobody
+    could be authenticated (no cluster key, no full mTLS). None when it is safe."""
     secured = bool(settings.secret_file or settings.keyring_file) or bool(
         settings.tls_cert_file and settings.tls_key_file and settings.tls_ca_file
     )
-    if not settings.binds_loopback_only and not secured:
-        problems.append(
-            f"host: {settings.host!r} is reachable from other machines but no cluster key or "
-            "mTLS is configured; set secret_file or keyring_file (`signet-cluster keygen`), or "
-            "tls_cert_file + tls_key_file + tls_ca_file, or listen on 127.0.0.1"
-        )
-    return problems
+    if settings.binds_loopback_only or secured:
+        return None
+    return (
+        f"host: {settings.host!r} is reachable from other machines but no cluster key or "
+        "mTLS is configured, so anyone could read and write memories through this sidecar; "
+        "set secret_file or keyring_file (`signet-cluster keygen --out FILE`, on every node), "
+        "or tls_cert_file + tls_key_file + tls_ca_file, or listen on 127.0.0.1"
+    )
 
 
 def _registry_problems(settings: Settings) -> list[str]:

@@ -12,7 +12,9 @@ Entries an owner refuses for good (a 4xx) move to a dead-letter table shown in `
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -119,6 +121,11 @@ class Spool:
         self.max_bytes = max_bytes
         self.max_age = max_age
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only before SQLite opens it (its -wal/-shm files copy these permissions):
+        # the spool holds memory contents and the clients' Authorization headers.
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        with contextlib.suppress(OSError):  # someone else's file: leave it as it is
+            os.chmod(path, 0o600)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("pragma journal_mode=wal")

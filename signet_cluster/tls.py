@@ -107,10 +107,15 @@ class TlsManager:
         self._server, self._client, self._stamps = server, client, stamps
 
     def reload_if_changed(self, force: bool = False) -> bool:
+        """Re-read the files if one changed; True when new contexts are in use. A broken
+        file raises ConfigError once per change and keeps the previous contexts."""
         if not self.enabled:
             return False
-        if not force and self._current_stamps() == self._stamps:
+        stamps = self._current_stamps()
+        if not force and stamps == self._stamps:
             return False
+        # Remembered before loading: a broken file is reported once, not every second.
+        self._stamps = stamps
         self.load()
         return True
 

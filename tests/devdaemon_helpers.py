@@ -81,7 +81,8 @@ def _kind(value: Any) -> str:
 def shape_diff(recorded: Any, actual: Any, allow: Iterable[str] = (), path: str = "") -> list[str]:
     """Differences in keys and JSON kinds, recursively; paths under ``allow`` are skipped.
 
-    Each element of an actual list must have the shape of some recorded element.
+    Each element of an actual list must have the shape of some recorded element, and a list
+    is empty in both or in neither (otherwise the elements' shapes would go unchecked).
     """
     allowed = tuple(allow)
     if path and any(path == a or path.startswith(a + ".") for a in allowed):
@@ -100,7 +101,9 @@ def shape_diff(recorded: Any, actual: Any, allow: Iterable[str] = (), path: str 
                 diffs.append(f"{sub}: unexpected")
             else:
                 diffs.extend(shape_diff(recorded[key], actual[key], allowed, sub))
-    elif isinstance(recorded, list) and recorded and actual:
+    elif isinstance(recorded, list) and bool(recorded) != bool(actual):
+        diffs.append(f"{path or '<root>'}: recorded {len(recorded)} items, got {len(actual)}")
+    elif isinstance(recorded, list):
         for got in actual:
             # Elements may legitimately differ (a null project here, a string there):
             # each of ours must match the shape of at least one recorded element.
@@ -160,8 +163,10 @@ def memory_ids(name: str, body: Any) -> list[str] | None:
         return None
     if "recall" in name or "memory_search" in name:
         return [item["id"] for item in body.get("results", [])]
-    if "session-start" in name:
+    if "session-start" in name or "knowledge_expand" in name:
         return [item["id"] for item in body.get("memories", [])]
+    if "forget__preview" in name:
+        return [item["id"] for item in body.get("candidates", [])]
     if name.startswith("GET_api_memories"):
         return [item["id"] for item in body.get("memories", [])]
     if name.startswith("GET_api_memory_id") and "id" in body:
@@ -208,5 +213,12 @@ async def replay(
             assert actual is not None
             assert set(actual) == ids.mapped(expected), f"{name}: visible memories differ"
         if isinstance(want, dict) and isinstance(want.get("agents"), list):
-            assert [a["id"] for a in got["agents"]] == [a["id"] for a in want["agents"]], name
+            assert [_policy(a) for a in got["agents"]] == [_policy(a) for a in want["agents"]], name
+        elif name.startswith("GET_api_agents_") and status == 200:
+            assert _policy(got) == _policy(want), name
     return ids
+
+
+def _policy(agent: dict[str, Any]) -> tuple[Any, ...]:
+    """What the roster says about an agent: who it is and what it may read."""
+    return (agent["id"], agent["name"], agent["read_policy"], agent["policy_group"])

@@ -141,6 +141,36 @@ async def test_heartbeat_may_only_describe_its_signer(cluster: Cluster) -> None:
     assert code == 200 and registry_of(a).record("c") is not None
 
 
+async def test_refused_heartbeats_are_counted_by_outcome(cluster: Cluster) -> None:
+    """Heartbeats the auth layer refuses (unsigned, or signed with a key the cluster does
+    not hold) still count in `signet_cluster_heartbeats_received_total` as `unauthorized`,
+    as documented: a node whose key is wrong shows up on the coordinator's dashboard."""
+    a = await cluster.add("a", ALICE, coordinator=True)
+    registry = a.app[keys.METRICS].registry
+
+    def received(outcome: str) -> float:
+        return (
+            registry.get_sample_value(
+                "signet_cluster_heartbeats_received_total", {"outcome": outcome}
+            )
+            or 0.0
+        )
+
+    beat = json.dumps(_heartbeat("b", [])).encode()
+    ctype = {"Content-Type": "application/json"}
+    url = a.url + "/api/cluster/heartbeat"
+    code, _answer, _ = await cluster.request("POST", url, data=beat, headers=ctype, signed=False)
+    assert code == 401
+    code, _answer, _ = await cluster.request(
+        "POST", url, data=beat, headers=ctype, signer=stranger()
+    )
+    assert code == 401
+    assert received("unauthorized") == 2
+    # Other routes' refusals are not heartbeats.
+    code, _answer, _ = await cluster.request("POST", a.url + "/api/cluster/join", signed=False)
+    assert code == 401 and received("unauthorized") == 2
+
+
 def _seq(node: Node, node_id: str) -> int:
     record = registry_of(node).record(node_id)
     assert record is not None and record.heartbeat is not None
@@ -209,6 +239,25 @@ async def test_stolen_heartbeat_replayed_later_is_refused(cluster: Cluster) -> N
         assert _seq(a, "b") == seq
     finally:
         await relay_server.close()
+
+
+async def test_a_request_is_not_accepted_again_after_a_restart(cluster: Cluster) -> None:
+    """The replay cache lives in memory, so a restart empties it: a request signed before
+    the sidecar (re)started is refused as stale instead of being accepted a second time
+    within the skew window."""
+    a = await cluster.add("a", ALICE, coordinator=True)
+    beat = json.dumps(_heartbeat("q", [])).encode()
+    host = a.url.split("//")[1]
+    signed = cluster.signer_for("q").headers("POST", host, "/api/cluster/heartbeat", beat)
+    headers = {"Content-Type": "application/json", **signed}
+    url = a.url + "/api/cluster/heartbeat"
+    code, _answer, _ = await cluster.request("POST", url, data=beat, headers=headers, signed=False)
+    assert code == 200
+    await cluster.stop_sidecar(a)
+    await cluster.start_sidecar(a)
+    code, answer, _ = await cluster.request("POST", url, data=beat, headers=headers, signed=False)
+    assert code == 401 and answer["reason"] == "stale", answer
+    assert registry_of(a).record("q") is None
 
 
 def _keyring_cli(*args: str) -> str:

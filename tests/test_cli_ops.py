@@ -8,33 +8,26 @@ import json
 import os
 import pty
 import signal
+import socket
 import sys
+from pathlib import Path
+from typing import Any
 
-import click
+from aiohttp import web
 from click.testing import CliRunner
 
 from cli.main import cli
+from cli.render import render_explanation, render_status
+from cli.status_watch import fit
 from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster, Node, free_port
+from .etcd_helpers import EtcdServer, etcd  # noqa: F401  (fixture)
+from .test_cli import run_cli
 
 ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
 BOB = [{"name": "bob", "memory": {"read_policy": "shared"}}]
 CAROL = [{"name": "carol", "memory": {"read_policy": {"type": "group", "group": "ops"}}}]
-
-
-async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def three(cluster: Cluster, clock: ManualClock | None = None) -> tuple[Node, Node, Node]:
@@ -199,23 +192,160 @@ async def test_join_wait_shows_progress_until_the_node_is_alive(cluster: Cluster
     assert "waiting for b to heartbeat to the coordinators" in err and "alive (" in err
 
 
-def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
-    found = []
-    for name, command in sorted(group.commands.items()):
-        found.append((prefix + name, command))
-        if isinstance(command, click.Group):
-            found.extend(_commands(command, prefix + name + " "))
-    return found
-
-
-def test_every_command_has_help() -> None:
-    """Every command (and subcommand) has a help text, and `--help` on it exits 0 and shows it."""
+def test_bad_global_options_are_usage_errors() -> None:
+    """A --sidecar that is not an http(s) URL and a --timeout that is not positive are usage
+    errors (exit 2, the option named), not "cannot reach" (4) or a silent no-timeout; a
+    stray SIGNET_CLUSTER_SIDECAR does not break commands that never call a sidecar."""
     runner = CliRunner()
-    commands = _commands(cli)
-    assert {"status", "join", "remove", "explain", "serve"} <= {name for name, _ in commands}
-    for name, command in commands:
-        assert (command.help or "").strip(), f"{name} has no help text"
-        result = runner.invoke(cli, [*name.split(), "--help"], env={**os.environ})
-        assert result.exit_code == 0, (name, result.output)
-        first = (command.help or "").strip().splitlines()[0][:30]
-        assert first in " ".join(result.output.split()), name
+    result = runner.invoke(cli, ["--sidecar", "hostA:3860", "status"])
+    assert result.exit_code == 2
+    assert "--sidecar" in result.stderr and "did you mean http://hostA:3860" in result.stderr
+    result = runner.invoke(cli, ["--sidecar", "http://127.0.0.1:1,ftp://x", "routes"])
+    assert result.exit_code == 2 and "'ftp://x' is not an http(s) URL" in result.stderr
+    for timeout in ("0", "-1"):
+        result = runner.invoke(cli, ["--timeout", timeout, "status"])
+        assert result.exit_code == 2 and "--timeout" in result.stderr
+    result = runner.invoke(cli, ["check-config"], env={"SIGNET_CLUSTER_SIDECAR": "nonsense"})
+    assert result.exit_code == 0, result.output
+
+
+def test_watch_only_options_need_watch() -> None:
+    """--interval and --count without --watch are refused (exit 2) instead of ignored."""
+    runner = CliRunner()
+    for extra in (["--count", "2"], ["--interval", "1"]):
+        result = runner.invoke(cli, ["status", *extra])
+        assert result.exit_code == 2 and "needs --watch" in result.stderr, extra
+
+
+async def test_something_else_on_the_port_is_named(aiohttp_server: Any) -> None:
+    """Pointed at a server that is not a sidecar (e.g. the daemon's port), the one-line error
+    names the URL that answered and asks whether it is a sidecar (exit 1)."""
+    app = web.Application()
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    code, _out, err = await run_cli("--sidecar", url, "status")
+    assert code == 1
+    assert err.strip() == (
+        f"Error: {url}/api/cluster/status answered HTTP 404: 404: Not Found; "
+        "is --sidecar a signet-cluster sidecar?"
+    )
+
+
+def test_watch_frames_are_cut_to_the_terminal() -> None:
+    """A frame taller than the terminal (wrapped lines counted) is cut with a note, so going
+    back to the top overwrites the frame and nothing scrolls; a frame that fits is whole."""
+    frame = "\n".join(f"line {i}" for i in range(30))
+    assert fit(frame, os.terminal_size((80, 40))) == frame.split("\n")
+    cut = fit(frame, os.terminal_size((80, 10)))
+    assert len(cut) == 9 and cut[:8] == [f"line {i}" for i in range(8)]
+    assert cut[-1].startswith("... 22 more line(s)")
+    wide = "\n".join(["x" * 100] * 5)  # each line takes 2 rows at 80 columns
+    assert len(fit(wide, os.terminal_size((80, 8)))) == 4  # 3 lines (6 rows) + the note
+
+
+def test_status_shows_spooled_writes_and_dead_letters() -> None:
+    """`status` names the nodes holding writes for an unreachable owner (with the oldest
+    one's age) and writes an owner refused for good; with empty spools it says nothing."""
+    node: dict[str, Any] = {"node_id": "n1", "state": "alive", "url": "u", "agents": []}
+    body: dict[str, Any] = {"nodes": [node], "routes": [], "collisions": [], "coordinators": []}
+    assert "Spooled" not in render_status(body, now=1000.0)
+    node["spool"] = {"depth": 3, "bytes": 900, "oldest_at": 970.0, "dead_letters": 1}
+    text = render_status(body, now=1000.0)
+    assert "Spooled writes:\n  n1: 3 write(s) waiting for their owner, oldest 30s old; " in text
+    assert "1 refused by their owner for good" in text
+
+
+def test_explain_does_not_vouch_for_a_down_owners_daemon() -> None:
+    """With the owner down, its daemon's last reported health is not shown as current."""
+    text = render_explanation(
+        {
+            "agent_id": "carol",
+            "known": True,
+            "owner": "n2",
+            "owner_url": "http://n2:3860",
+            "owner_state": "down",
+            "owner_daemon": {"flavor": "ts", "version": "0.145.7", "healthy": True},
+            "last_heartbeat_age_s": 9.0,
+        }
+    )
+    assert "daemon:    ts 0.145.7, health unknown (last report is stale)" in text
+
+
+async def test_demo_refuses_bad_flavors_and_a_taken_port() -> None:
+    """`demo --flavors` with an unknown flavor is a usage error (2); a first port another
+    process listens on stops the demo before it starts anything (1), instead of probing and
+    seeding whatever answers there."""
+    code, _out, err = await run_cli("demo", "--flavors", "ts,python")
+    assert code == 2 and "unknown flavor(s) python" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run_cli("demo", "--port", str(port), "--exit-when-ready")
+    assert code == 1 and out == ""
+    assert f"port(s) {port} already in use" in err
+
+
+async def test_adopt_clear_with_the_etcd_backend(
+    cluster: Cluster,
+    etcd: EtcdServer,  # noqa: F811
+) -> None:
+    """With the etcd backend the adopt answer names no owner: `adopt --clear` says the first
+    claim decides again, not that the agent is unroutable (exit 0 both ways)."""
+    settings = {
+        "registry_backend": "etcd",
+        "etcd_endpoints": (etcd.url,),
+        "heartbeat_interval": 0.25,
+        "peer_ttl": 2.0,
+    }
+    a = await cluster.add("a", BOB, **settings)
+    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "a")
+    assert code == 0, err
+    assert out.strip() == "bob: owned by a cluster-wide (claimed by a)."
+    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "--clear")
+    assert code == 0, err
+    assert out.strip() == "bob: override cleared; the first claim decides again."
+
+
+def test_keyring_names_a_settings_file_it_cannot_read(tmp_path: Path) -> None:
+    """`keyring list --config FILE` with a missing FILE says so, rather than asking which
+    keyring; a readable file without `keyring_file` still asks (exit 1 both)."""
+    runner = CliRunner()
+    missing = tmp_path / "nope.toml"
+    result = runner.invoke(cli, ["keyring", "list", "--config", str(missing)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: config file {missing} does not exist"
+    present = tmp_path / "c.toml"
+    present.write_text("port = 3861\n")
+    result = runner.invoke(cli, ["keyring", "list", "--config", str(present)])
+    assert result.exit_code == 1 and "which keyring?" in result.stderr
+
+
+async def test_an_answer_that_is_not_a_status_is_not_a_healthy_cluster(
+    aiohttp_server: Any,
+) -> None:
+    """A server answering 200 with some other JSON at the status path is an error (exit 1,
+    one line), never an empty cluster reported `Healthy` (exit 0), nor a traceback, for
+    `status`, `status --watch` and `explain`."""
+    bodies = iter([{}, [], {}, {"ok": True}])
+
+    async def not_a_status(_request: web.Request) -> web.Response:
+        return web.json_response(next(bodies))
+
+    app = web.Application()
+    app.router.add_get("/api/cluster/status", not_a_status)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["explain", "bob"],
+    ):
+        code, out, err = await run_cli("--sidecar", url, *args)
+        assert code == 1, (args, out)
+        assert err.strip() == (
+            f"Error: {url}/api/cluster/status did not answer with a cluster status; "
+            "is --sidecar a signet-cluster sidecar?"
+        ), args
+    code, out, _ = await run_cli("--sidecar", url, "status", "--watch", "--count", "1")
+    assert code == 1 and "did not answer with a cluster status" in out

@@ -182,11 +182,57 @@ def test_unknown_agent_and_default_and_stale_table() -> None:
 
 
 def test_group_without_a_group_acts_isolated() -> None:
-    """`group` with no group is read by the daemon as isolated: nothing crosses nodes."""
+    """`group` with no group is read by the daemon as isolated: it reads only its own
+    memories, and nothing of it crosses nodes (only its own daemon's shared agents see its
+    global memories)."""
     p = picture(node("n1", agent("gus", "group")), node("n2", agent("erin", "shared")))
     expl = explain(p, "gus")
-    assert {r.node_id for r in expl.readers} == {"n1"}
+    assert reads(expl) == {("n1", "own"): ("gus",)}
+    assert readers(expl) == {("gus", "n1", "own"), ("default", "n1", "global")}
     assert any("no group" in n for n in expl.notes)
+    assert any(n.startswith("none of gus's memories leave n1") for n in expl.notes)
+    # erin (shared, on n2) gets n1's default, nothing of gus's.
+    assert reads(explain(p, "erin"))[("n1", "global")] == ("default",)
+
+
+def test_cross_node_readers_follow_what_nodes_contribute() -> None:
+    """Across nodes a group G reader gets only `group` G agents' memories (as
+    `may_contribute` decides), not those of a shared agent that merely carries
+    policy_group G; on the owner's daemon that agent is still read by G's members."""
+    p = picture(
+        node("n1", agent("sam", "shared", "ops"), agent("olga", "group", "ops")),
+        node("n2", agent("carol", "group", "ops")),
+    )
+    expl = explain(p, "sam")
+    assert ("olga", "n1", "global") in readers(expl)
+    assert ("carol", "n2", "global") not in readers(expl)
+    assert reads(explain(p, "carol")) == {
+        ("n2", "own"): ("carol",),
+        ("n1", "global"): ("olga",),
+    }
+
+
+def test_losing_copies_are_still_read_where_they_are_held() -> None:
+    """An agent claimed twice: reads as it go to the winner, but a daemon holding a losing
+    copy still shows its global memories to its own shared agents and contributes them to
+    federated reads (the reads list names that node), and the miss says so."""
+    p = picture(
+        node("n1", agent("alice", "shared"), agent("bob", "shared")),
+        node("n2", agent("alice", "shared"), agent("erin", "shared")),
+    )
+    expl = explain(p, "alice")
+    assert expl.owner == "n1"
+    assert reads(expl)[("n2", "global")] == ("alice", "default", "erin")
+    assert any("read at most as federated global memories" in m for m in expl.misses)
+    # erin on n2 reads alice's copy there through her own daemon (n2 answers for erin).
+    assert "alice" in reads(explain(p, "erin"))[("n2", "global")]
+
+
+def test_owner_down_says_remembers_are_spooled() -> None:
+    """With the owner down, remembers are spooled (202) rather than refused; other writes 503."""
+    expl = explain(demo(n2="down"), "carol")
+    assert any("remembers for it are spooled (202)" in m for m in expl.misses)
+    assert not any("cannot reach its daemon" in m for m in expl.misses)
 
 
 def test_from_status_reads_the_status_document() -> None:
@@ -207,7 +253,14 @@ def test_from_status_reads_the_status_document() -> None:
 
 
 POLICIES = st.sampled_from(
-    [("isolated", None), ("shared", None), ("group", "ops"), ("group", "dev"), ("group", None)]
+    [
+        ("isolated", None),
+        ("shared", None),
+        ("shared", "ops"),
+        ("group", "ops"),
+        ("group", "dev"),
+        ("group", None),
+    ]
 )
 
 
@@ -240,8 +293,12 @@ def test_read_rules_hold_for_any_cluster(p: ClusterPicture) -> None:
                 if r.node_id != peer.node_id:
                     assert not effective_isolated
                     assert r.read_policy == "shared" or (
-                        r.read_policy == "group" and r.policy_group == a.policy_group
+                        r.read_policy == "group"
+                        and a.read_policy == "group"
+                        and r.policy_group == a.policy_group is not None
                     )
                 if r.scope == "global":
                     assert r.agent_id != a.id
+            if effective_isolated:
+                assert {s.scope for s in expl.reads} == {"own"}
             assert (expl.route is None) == (peer.state != "alive")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from aiohttp import web
 
 from sidecar import keys
 from signet_cluster.clock import ManualClock
 from signet_cluster.protocol import PROTOCOL_MAX, ProtocolRange
 
-from .cluster_helpers import Cluster, registry_of, wait_for
+from .cluster_helpers import Cluster, TestServer, free_port, registry_of, wait_for
 
 ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
 BOB = [{"name": "bob", "memory": {"read_policy": "shared"}}]
@@ -127,6 +130,32 @@ async def _not_listed(cluster: Cluster, via: object, node: str) -> bool:
     return node not in {n["node_id"] for n in status["nodes"]}
 
 
+async def test_a_removed_member_says_so_in_readyz_and_status(cluster: Cluster) -> None:
+    """A member removed from the cluster stops heartbeating to its configured coordinator
+    and says why: /readyz names the removal and how to undo it, status lists the contact
+    as removed (not "no coordinator configured"); `join` makes it a member again."""
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", BOB, coordinators=(a.url,))
+    await cluster.wait_states(a, {"b": "alive"})
+    code, _ = await cluster.delete(a.url + "/api/cluster/peers/b")
+    assert code == 200
+
+    async def says_removed() -> bool:
+        _code, ready = await cluster.get(b.url + "/readyz")
+        return "removed from the cluster" in ready["reason"]
+
+    await wait_for(says_removed, what="readyz to name the removal")
+    _code, ready = await cluster.get(b.url + "/readyz")
+    assert a.url in ready["reason"] and "signet-cluster join" in ready["reason"]
+    _code, local = await cluster.get(b.url + "/api/cluster/status?local=1")
+    assert [(c["url"], c["removed"]) for c in local["coordinator_contacts"]] == [(a.url, True)]
+    code, _ = await cluster.post(a.url + "/api/cluster/join", {"address": b.url})
+    assert code == 200
+    await cluster.wait_states(a, {"b": "alive"})
+    _code, ready = await cluster.get(b.url + "/readyz")
+    assert ready["reason"] == "ready"
+
+
 async def test_join_errors_are_clear(cluster: Cluster) -> None:
     """join of an unreachable address is 502 with the address; join sent to a member is 421
     naming the coordinators; a bad address is 400."""
@@ -138,6 +167,59 @@ async def test_join_errors_are_clear(cluster: Cluster) -> None:
     assert code == 421 and body["details"]["coordinators"] == [a.url]
     code, body = await cluster.post(a.url + "/api/cluster/join", {"address": "no port"})
     assert code == 400 and body["code"] == "invalid_request"
+
+
+def _node_info(**changes: object) -> dict[str, object]:
+    info: dict[str, object] = {
+        "node_id": "big",
+        "url": "http://127.0.0.1:9",
+        "sidecar_version": "0.1.0",
+        "protocol": {"min": 1, "max": 1},
+        "coordinator": False,
+        "daemon": {"flavor": "ts"},
+    }
+    info.update(changes)
+    return info
+
+
+async def _join_fake_sidecar(cluster: Cluster, via: object, answer: str) -> tuple[int, Any]:
+    """Join a fake sidecar whose /api/cluster/info answers `answer`."""
+
+    async def info(_request: web.Request) -> web.Response:
+        return web.Response(text=answer, content_type="application/json")
+
+    fake = web.Application()
+    fake.router.add_get("/api/cluster/info", info)
+    server = TestServer(fake, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        address = str(server.make_url("")).rstrip("/")
+        return await cluster.post(via.url + "/api/cluster/join", {"address": address})  # type: ignore[attr-defined]
+    finally:
+        await server.close()
+
+
+async def test_an_endless_answer_from_a_peer_is_cut_off(cluster: Cluster) -> None:
+    """A peer's answer is read up to a bound (PeerClient.max_reply_bytes), not into memory
+    whatever its size: joining an address that answers the probe with more than that is a
+    clear 502 naming the bound, and nothing is recorded."""
+    a = await cluster.add("a", [], coordinator=True)
+    a.app[keys.PEERS].max_reply_bytes = 4096
+    code, body = await _join_fake_sidecar(cluster, a, json.dumps(_node_info()) + " " * 100_000)
+    assert code == 502 and "4096 bytes" in body["error"], body
+    assert registry_of(a).record("big") is None
+
+
+async def test_join_refuses_a_sidecar_that_describes_itself_badly(cluster: Cluster) -> None:
+    """The join probe's answer is validated like every message: a node id or URL that no
+    sidecar could have is a clear 502 ("not a compatible sidecar"), never a recorded
+    decision or a 500."""
+    a = await cluster.add("a", [], coordinator=True)
+    for bad in ({"node_id": "bad id"}, {"url": "javascript:alert(1)"}):
+        code, body = await _join_fake_sidecar(cluster, a, json.dumps(_node_info(**bad)))
+        assert code == 502 and "not a compatible sidecar" in body["error"], body
+    _code, admin = await cluster.get(a.url + "/api/cluster/admin")
+    assert admin["nodes"] == []
 
 
 async def _raw_heartbeat(cluster: Cluster, url: str, data: bytes) -> tuple[int, dict[str, object]]:
@@ -210,6 +292,38 @@ async def test_bad_heartbeats_get_clear_4xx_and_change_nothing(cluster: Cluster)
     assert body["details"]["supported"] == {"min": 1, "max": PROTOCOL_MAX}
 
     assert (registry.version, [p.node_id for p in registry.peers()]) == before
+
+
+async def test_a_second_sidecar_with_the_same_node_id_is_refused(cluster: Cluster) -> None:
+    """Two live sidecars with one node id (a copied state directory or config) would take
+    turns owning its agents, splitting writes over two daemons. While the first heartbeats,
+    one from another instance at another URL is refused with 409 `node_id_in_use` naming
+    the holder and the registry keeps the first; once the first is silent for a TTL (a
+    restart at a new address), the new one is accepted. The refused sidecar says why."""
+    clock = ManualClock()
+    a = await cluster.add("a", [], coordinator=True, clock=clock)
+    b = await cluster.add("b", BOB, coordinators=(a.url,))
+    await cluster.wait_states(a, {"b": "alive"})
+    twin = _heartbeat("b", instance_id="twin", url="http://127.0.0.1:9")
+    code, body = await _raw_heartbeat(cluster, a.url, json.dumps(twin).encode())
+    assert code == 409 and body["code"] == "node_id_in_use", body
+    assert b.url in body["error"]
+    assert registry_of(a).record("b").url == b.url
+
+    c = await cluster.add("c", [], coordinators=(a.url,), node_id="b")
+
+    async def refused() -> bool:
+        error = c.app[keys.MEMBERSHIP].contact(a.url).error or ""
+        return "node id" in error and b.url in error
+
+    await wait_for(refused, what="the twin to say why it is refused")
+    assert registry_of(a).record("b").url == b.url
+    await cluster.stop_sidecar(b)
+    await cluster.stop_sidecar(c)
+    clock.advance(registry_of(a).ttl + 0.1)
+    code, body = await _raw_heartbeat(cluster, a.url, json.dumps(twin).encode())
+    assert code == 200, body
+    assert registry_of(a).record("b").url == "http://127.0.0.1:9"
 
 
 async def _has(registry: object, node_id: str) -> bool:
@@ -288,3 +402,24 @@ async def test_unknown_cluster_route_is_json_404(cluster: Cluster) -> None:
     async with cluster.session.get(a.url + "/api/cluster/nope") as resp:
         assert resp.status == 404
         assert (await resp.json())["code"] == "not_found"
+
+
+async def test_sidecar_starts_beside_a_down_daemon_with_unroutable_agent_names(
+    cluster: Cluster,
+) -> None:
+    """With the daemon down the roster comes from the workspace; an agent folder or roster
+    entry whose name cannot be routed (a space, a ':') stays node-local, as it does when the
+    daemon lists it, instead of stopping the sidecar from starting."""
+    a = await cluster.add("a", [], coordinator=True)
+    (cluster.tmp_path / "b" / "workspace" / "agents" / "my notes").mkdir(parents=True)
+    b = await cluster.add(
+        "b",
+        [{"name": "ops:bot"}, {"name": "writer", "memory": {"read_policy": "shared"}}],
+        coordinators=(a.url,),
+        start_daemon=False,
+    )
+    snapshot = b.app[keys.WATCHER].snapshot
+    assert not snapshot.healthy
+    assert [x.id for x in snapshot.agents] == ["default", "writer"]
+    status = await cluster.wait_states(a, {"b": "alive"})
+    assert {r["agent_id"]: r["node_id"] for r in status["routes"]}["writer"] == "b"

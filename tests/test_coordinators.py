@@ -4,9 +4,14 @@ decisions (join, adopt) replicated to every coordinator."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import structlog
+
 from sidecar import keys
+from sidecar.coordinator import COORDINATOR
+from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster, Node, registry_of, wait_for
 
@@ -112,6 +117,53 @@ async def test_failsafe_routing_with_every_coordinator_down(cluster: Cluster) ->
     assert {n["node_id"]: n["state"] for n in body["nodes"]}["d"] == "down"
 
 
+async def test_a_restarted_coordinator_does_not_shrink_the_routing_table(
+    cluster: Cluster,
+) -> None:
+    """A coordinator that just (re)started has heard only from the nodes that heartbeated
+    since: for one TTL it says it is warming up, and a member keeps routing from the copy it
+    sent before, so an agent whose owner has not yet heartbeated to it is not suddenly
+    unknown (an unknown agent is served locally: a write would land on the wrong daemon).
+    After the TTL the member takes the rebuilt registry."""
+    clock = ManualClock()
+    a = await cluster.add("a", [], coordinator=True, clock=clock)
+    b = await cluster.add("b", BOB, coordinators=(a.url,))
+    c = await cluster.add("c", DAVE, coordinators=(a.url,))
+    clock.advance(registry_of(a).ttl + 0.1)  # a's own first TTL: warmed up
+
+    async def settled() -> bool:
+        view = c.app[keys.MEMBERSHIP].views.get(a.url)
+        return view is not None and not view.warming and view.route("bob") is not None
+
+    await wait_for(settled, what="c to hold a's settled registry")
+    # b stays up (it would answer requests) but is not heard by a for a while.
+    b.app[keys.MEMBERSHIP].contact(a.url).removed = True
+    await cluster.stop_sidecar(a)
+    await cluster.start_sidecar(a, clock=clock)
+    restarted = c.app[keys.CLOCK].monotonic()
+    contact = c.app[keys.MEMBERSHIP].contact(a.url)
+
+    async def answered_again() -> bool:
+        return contact.last_ok is not None and contact.last_ok > restarted
+
+    await wait_for(answered_again, what="the restarted coordinator to answer c")
+    assert await _routes_have(c, "bob")
+    assert "b" not in {p.node_id for p in registry_of(a).peers()}
+    clock.advance(registry_of(a).ttl + 0.1)
+    await wait_for(lambda: _routes_lack(c, "bob"), what="c to take the rebuilt registry")
+    b.app[keys.MEMBERSHIP].contact(a.url).removed = False
+    await wait_for(lambda: _routes_have(c, "bob"), what="bob back once b heartbeats")
+
+
+async def _routes_have(node: Node, agent: str) -> bool:
+    view = node.app[keys.MEMBERSHIP].latest()
+    return view is not None and view.route(agent) is not None
+
+
+async def _routes_lack(node: Node, agent: str) -> bool:
+    return not await _routes_have(node, agent)
+
+
 async def test_promote_at_run_time_propagates_to_members(cluster: Cluster) -> None:
     """A member promoted to coordinator starts keeping the registry, every member learns of
     it and heartbeats to it, and the role survives a restart of that sidecar."""
@@ -126,6 +178,25 @@ async def test_promote_at_run_time_propagates_to_members(cluster: Cluster) -> No
     await cluster.stop_sidecar(c)
     await cluster.start_sidecar(c)
     assert c.app[keys.IDENTITY].coordinator is True
+
+
+async def test_a_joined_member_promoted_pulls_decisions_from_its_coordinators(
+    cluster: Cluster,
+) -> None:
+    """A member that knows its coordinator only from `join` (none configured) pulls the
+    operator decisions from it when promoted, before it answers its first heartbeat as a
+    coordinator: a node removed earlier is refused there at once."""
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", BOB)
+    removal = {"node_id": "ghost", "url": None, "state": "removed", "at": time.time()}
+    code, _ = await cluster.post(a.url + "/api/cluster/admin", {"nodes": [removal]})
+    assert code == 200
+    code, _ = await cluster.post(a.url + "/api/cluster/join", {"address": b.url})
+    assert code == 200
+    await cluster.wait_states(a, {"b": "alive"})
+    code, _ = await cluster.post(b.url + "/api/cluster/promote", {"coordinator": True})
+    assert code == 200
+    assert "ghost" in b.app[COORDINATOR].removed
 
 
 async def _targets_include(node: Node, url: str) -> bool:
@@ -195,3 +266,69 @@ async def test_join_is_replicated_to_every_coordinator(cluster: Cluster) -> None
 
 def _names(body: dict[str, Any]) -> set[str]:
     return {n["node_id"] for n in body["nodes"]}
+
+
+async def test_a_demoted_coordinator_drops_its_own_registry_copy(cluster: Cluster) -> None:
+    """After `promote --demote` the sidecar stops using the registry it kept as a
+    coordinator: it is no longer a view it routes from, no longer lists itself as a
+    coordinator, and its status comes from the remaining coordinator without asking itself."""
+    a = await cluster.add("a", [], coordinator=True)
+    c = await cluster.add("c", BOB, coordinators=(a.url,))
+    await cluster.wait_states(a, {"c": "alive"})
+    membership = c.app[keys.MEMBERSHIP]
+    code, _ = await cluster.post(c.url + "/api/cluster/promote", {"coordinator": True})
+    assert code == 200
+    await wait_for(lambda: _targets_include(c, c.url), what="c to list itself")
+    code, _ = await cluster.post(c.url + "/api/cluster/promote", {"coordinator": False})
+    assert code == 200
+
+    async def a_sees_c_as_member() -> bool:
+        record = registry_of(a).record("c")
+        return record is not None and not record.heartbeat.coordinator
+
+    async def settled() -> bool:
+        view = membership.views.get(a.url)
+        return (
+            view is not None
+            and c.url not in view.coordinators
+            and c.url not in membership.views
+            and c.url not in membership.targets()
+            # a learned c as a coordinator and forgets it on c's first "not a coordinator".
+            and c.url not in a.app[keys.MEMBERSHIP].targets()
+        )
+
+    await wait_for(a_sees_c_as_member, what="a to see c demoted")
+    await wait_for(settled, what="c's own registry and role to be forgotten")
+    _code, local = await cluster.get(c.url + "/api/cluster/status?local=1")
+    assert c.url not in local["coordinators"] and local["view"]["source"] == a.url
+    status = await cluster.status(c)
+    assert status["answered_by"] == "a" and "coordinator_errors" not in status
+
+
+async def test_a_live_coordinator_is_demoted_before_it_is_removed(cluster: Cluster) -> None:
+    """`remove` of a coordinator that is alive is refused with the command that demotes it;
+    a coordinator removed anyway (it was down, and came back) keeps heartbeating to the
+    others instead of failing every round, and says once that it was removed."""
+    a = await cluster.add("a", [], coordinator=True)
+    b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
+    await cluster.wait_states(a, {"b": "alive"})
+    code, body = await cluster.delete(a.url + "/api/cluster/peers/b")
+    assert code == 400 and "promote --demote" in body["error"], body
+    assert registry_of(a).record("b") is not None
+
+    with structlog.testing.capture_logs() as logs:
+        # As if b had been removed while down: the decision reaches it by replication.
+        code, _ = await cluster.post(
+            b.url + "/api/cluster/admin",
+            {"nodes": [{"node_id": "b", "url": b.url, "state": "removed", "at": time.time()}]},
+        )
+        assert code == 200
+        seq = b.app[keys.IDENTITY].next_seq()
+        await wait_for(lambda: _seq_passed(b, seq + 5), what="b to keep running heartbeat rounds")
+    events = [entry["event"] for entry in logs]
+    assert "heartbeat_round_failed" not in events
+    assert events.count("coordinator_removed") == 1
+
+
+async def _seq_passed(node: Node, seq: int) -> bool:
+    return node.app[keys.IDENTITY].next_seq() > seq

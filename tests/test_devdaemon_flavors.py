@@ -153,19 +153,24 @@ async def test_rust_plain_text_rejections(aiohttp_client: ClientFactory, tmp_pat
         assert await resp.json() == {"error": "Invalid JSON body"}
 
 
+async def _rust_with_alices_memory(
+    aiohttp_client: ClientFactory, tmp_path: Path, **extra: Any
+) -> tuple[Client, dict[str, Any]]:
+    """A Rust daemon with an active session for alice and one memory she wrote in it."""
+    client = await start_daemon(aiohttp_client, tmp_path, "rust")
+    await _start_session(client, SESSION)
+    body = {"content": "alice owns this", "sessionKey": SESSION, **extra}
+    status, mine = await call(client, "POST", "/api/memory/remember", body)
+    assert status == 200, mine
+    return client, mine
+
+
 async def test_rust_modify_is_nested_and_owner_scoped(
     aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
     """Rust modify takes ``patch: {...}`` (a flat TS patch is a 422) and only touches the
     resolved agent's memories; forget is owner-scoped the same way."""
-    client = await start_daemon(aiohttp_client, tmp_path, "rust")
-    await _start_session(client, SESSION)
-    _, mine = await call(
-        client,
-        "POST",
-        "/api/memory/remember",
-        {"content": "alice owns this", "sessionKey": SESSION},
-    )
+    client, mine = await _rust_with_alices_memory(aiohttp_client, tmp_path)
     _, other = await call(client, "POST", "/api/memory/remember", {"content": "default owns this"})
     flat = {"patches": [{"id": mine["id"], "importance": 0.9}], "reason": "r"}
     status, text = await call(client, "POST", "/api/memory/modify", flat)
@@ -194,6 +199,36 @@ async def test_rust_modify_is_nested_and_owner_scoped(
     }
     _, body = await call(client, "POST", "/api/memory/forget", forget)
     assert [r["status"] for r in body["results"]] == ["deleted", "not_found"]
+
+
+async def test_rust_patch_and_delete_by_id_are_owner_scoped(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Rust's PATCH and DELETE /api/memory/:id only touch memories of the agent they act as
+    (PATCH: the `x-signet-agent-id` header; DELETE: also `agent_id`/`agentId` in the body or
+    query), `default` when none is named: another agent's memory is a 404 `not_found`. By id,
+    Rust names a stale version `version_conflict` and an unforced pinned delete
+    `pinned_requires_force` (the batch routes say `version_mismatch` and `pinned`)."""
+    client, mine = await _rust_with_alices_memory(aiohttp_client, tmp_path, pinned=True)
+    path = f"/api/memory/{mine['id']}"
+    as_alice = {"x-signet-agent-id": "alice"}
+    status, body = await call(client, "PATCH", path, {"importance": 0.2, "reason": "r"})
+    assert (status, body["status"]) == (404, "not_found")
+    status, body = await call(client, "DELETE", f"{path}?reason=r&force=true")
+    assert (status, body["status"]) == (404, "not_found")
+    stale = {"importance": 0.2, "reason": "r", "if_version": 7}
+    status, body = await call(client, "PATCH", path, stale, headers=as_alice)
+    assert (status, body["status"]) == (409, "version_conflict")
+    status, body = await call(
+        client, "PATCH", path, {"importance": 0.2, "reason": "r"}, headers=as_alice
+    )
+    assert (status, body["status"]) == (200, "updated")
+    status, body = await call(client, "DELETE", f"{path}?reason=r&agentId=alice")
+    assert (status, body["status"]) == (409, "pinned_requires_force")
+    status, body = await call(
+        client, "DELETE", path, {"reason": "r", "force": True, "agent_id": "alice"}
+    )
+    assert (status, body["status"]) == (200, "deleted")
 
 
 async def test_ts_modify_and_forget_are_unscoped(

@@ -16,6 +16,7 @@ from .devdaemon_helpers import (
     ClientFactory,
     call,
     load_golden,
+    memory_ids,
     replay,
     shape_diff,
     start_daemon,
@@ -163,6 +164,27 @@ LEGACY_ORDER = [
     "POST_api_hooks_session-start__as_carol",
     "POST_api_hooks_session-start__missing_harness",
 ]
+
+
+def test_the_comparison_catches_what_it_claims() -> None:
+    """The shape comparison reports a missing or an extra key and another JSON kind at any
+    depth, and a list empty on one side only (its elements would go unchecked otherwise);
+    allowed paths are skipped. The visible memory sets include the candidates of a forget
+    preview and the memories of a knowledge expansion."""
+    recorded = {"a": {"b": [{"c": 1}]}, "d": None, "p": {"x": 1}}
+    assert shape_diff(recorded, recorded) == []
+    assert shape_diff(recorded, {"a": {"b": [{"c": "1"}]}, "d": None, "p": {}, "e": 2}) == [
+        "a.b[].c: recorded number, got string",
+        "e: unexpected",
+        "p.x: missing",
+    ]
+    assert shape_diff({"r": [{"id": "m"}]}, {"r": []}) == ["r: recorded 1 items, got 0"]
+    assert shape_diff({"r": []}, {"r": [{"id": "m"}]}) == ["r: recorded 0 items, got 1"]
+    assert shape_diff(recorded, {"a": {"b": []}, "d": None, "p": 3}, allow=("a", "p")) == []
+    preview = {"candidates": [{"id": "m1", "score": 0.3}]}
+    assert memory_ids("POST_api_memory_forget__preview_query", preview) == ["m1"]
+    expanded = {"entity": None, "memories": [{"id": "m2", "content": "x"}]}
+    assert memory_ids("POST_api_knowledge_expand", expanded) == ["m2"]
 
 
 def test_orders_cover_every_recording() -> None:

@@ -149,3 +149,17 @@ def test_module_arguments_build_the_config(tmp_path: Path) -> None:
     assert config.effective_version == "0.58.1"
     with pytest.raises(ValueError, match="flavor"):
         DevDaemonConfig(path=tmp_path, flavor="go")
+
+
+def test_module_refuses_bad_numbers_with_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative latency or a port out of range is a one-line usage error (exit 2) from
+    both entry points, not a traceback or a failed bind."""
+    for flag, value in (("--latency-ms", "-1"), ("--port", "70000")):
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(["--path", str(tmp_path), flag, value])
+        assert stopped.value.code == 2
+        assert flag.lstrip("-").split("-")[0] in capsys.readouterr().err
+        refused = CliRunner().invoke(devdaemon, ["--path", str(tmp_path), flag, value])
+        assert refused.exit_code == 2 and flag in refused.output

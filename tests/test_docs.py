@@ -3,11 +3,13 @@ output of the CLI is in the README, and the README has the sections an operator 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from cli.main import cli
 from sidecar import metrics
@@ -95,3 +97,15 @@ def test_every_json_output_is_described() -> None:
     for name, command in COMMANDS:
         if any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params):
             assert f"`{name}" in body, f"JSON output of {name!r} is not described"
+
+
+def test_every_command_has_help() -> None:
+    """Every command (and subcommand) has a help text, and `--help` on it exits 0 and shows it."""
+    runner = CliRunner()
+    assert {"status", "join", "remove", "explain", "serve"} <= {name for name, _ in COMMANDS}
+    for name, command in COMMANDS:
+        assert (command.help or "").strip(), f"{name} has no help text"
+        result = runner.invoke(cli, [*name.split(), "--help"], env={**os.environ})
+        assert result.exit_code == 0, (name, result.output)
+        first = (command.help or "").strip().splitlines()[0][:30]
+        assert first in " ".join(result.output.split()), name

@@ -4,13 +4,12 @@ coordinator anywhere; leases, claims and watches do its job."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -18,73 +17,27 @@ from structlog.testing import capture_logs
 
 from sidecar import keys
 from sidecar.etcd_admin import set_adoption
-from sidecar.etcd_backend import ETCD, EtcdBackend
 from signet_cluster.etcd import EtcdClient
 
 from .cluster_helpers import Cluster, Node, free_port, wait_for, write_roster
-from .etcd_helpers import EtcdServer, etcd  # noqa: F401  (fixture)
+from .etcd_helpers import (
+    ALICE,
+    BOB,
+    CAROL,
+    PREFIX,
+    SHARED_X,
+    EtcdServer,
+    add,
+    backend,
+    etcd,  # noqa: F401  (fixture)
+    etcd_keys,
+    etcd_settings,
+    has_claim,
+    readyz,
+    view,
+    wait_view,
+)
 from .routing_helpers import db_rows, remember
-
-ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
-BOB = [{"name": "bob", "memory": {"read_policy": "shared"}}]
-CAROL = [{"name": "carol", "memory": {"read_policy": {"type": "group", "group": "ops"}}}]
-SHARED_X = [{"name": "x", "memory": {"read_policy": "shared"}}]
-PREFIX = "/signet-cluster/"
-
-
-def etcd_settings(server: EtcdServer) -> dict[str, Any]:
-    # A 2 s lease (etcd's minimum) renewed every 0.25 s keeps the tests short.
-    return {
-        "registry_backend": "etcd",
-        "etcd_endpoints": (server.url,),
-        "heartbeat_interval": 0.25,
-        "peer_ttl": 2.0,
-    }
-
-
-async def add(cluster: Cluster, server: EtcdServer, name: str, roster: Any) -> Node:
-    return await cluster.add(name, roster, **etcd_settings(server))
-
-
-def backend(node: Node) -> EtcdBackend:
-    return node.app[ETCD]
-
-
-async def view(cluster: Cluster, node: Node) -> tuple[dict[str, str], dict[str, str]]:
-    """(node id -> state, agent id -> owner) as `node`'s status shows them."""
-    status = await cluster.status(node)
-    states = {n["node_id"]: n["state"] for n in status["nodes"]}
-    return states, {r["agent_id"]: r["node_id"] for r in status["routes"]}
-
-
-async def wait_view(
-    cluster: Cluster,
-    node: Node,
-    states: dict[str, str],
-    routes: dict[str, str],
-    timeout: float = 15.0,
-) -> None:
-    last: Any = None
-
-    async def check() -> bool:
-        nonlocal last
-        last = await view(cluster, node)
-        return all(last[0].get(k) == v for k, v in states.items()) and last[1] == routes
-
-    try:
-        await wait_for(check, timeout, f"{node.name} to see {states} {routes}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc} (last seen: {last})") from None
-
-
-async def etcd_keys(server: EtcdServer) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        found = await EtcdClient(session, [server.url], timeout=2).range(PREFIX, prefix=True)
-    return {kv.key[len(PREFIX) :]: json.loads(kv.value) for kv in found.kvs}
-
-
-async def readyz(cluster: Cluster, node: Node) -> tuple[int, Any]:
-    return await cluster.get(node.url + "/readyz")
 
 
 async def test_nodes_find_each_other_through_etcd_without_a_coordinator(
@@ -208,7 +161,7 @@ async def test_first_claim_wins_everywhere_and_adoption_overrides_it(
     the collision is listed identically on both; an adoption (adoptions/x) moves it on both,
     and clearing the adoption hands it back to the claim."""
     a = await add(cluster, etcd, "a", SHARED_X + ALICE)
-    await wait_for(lambda: _has_claim(etcd, "x", "a"), what="a's claim of x")
+    await wait_for(lambda: has_claim(etcd, "x", "a"), what="a's claim of x")
     b = await add(cluster, etcd, "b", SHARED_X + BOB)
     routes = {"x": "a", "alice": "a", "bob": "b"}
     states = {"a": "alive", "b": "alive"}
@@ -228,11 +181,6 @@ async def test_first_claim_wins_everywhere_and_adoption_overrides_it(
     await set_adoption(backend(a), "x", None)
     for node in (a, b):
         await wait_view(cluster, node, states, routes)
-
-
-async def _has_claim(server: EtcdServer, agent: str, owner: str) -> bool:
-    claim = (await etcd_keys(server)).get(f"claims/{agent}")
-    return claim is not None and claim["node_id"] == owner
 
 
 async def test_simultaneous_claims_agree_on_one_owner(
@@ -381,7 +329,7 @@ async def test_operator_written_adoptions_are_honoured(
     """An adoption written straight into etcd (bare node id, or JSON with extra fields)
     moves the agent; a record that cannot be read is ignored and logged."""
     await add(cluster, etcd, "a", SHARED_X)
-    await wait_for(lambda: _has_claim(etcd, "x", "a"), what="a's claim of x")
+    await wait_for(lambda: has_claim(etcd, "x", "a"), what="a's claim of x")
     b = await add(cluster, etcd, "b", SHARED_X)
     await wait_view(cluster, b, {"a": "alive", "b": "alive"}, {"x": "a"})
     with capture_logs() as logs:
@@ -491,3 +439,60 @@ async def test_remove_releases_more_claims_than_one_transaction_holds(
     assert code == 200 and body["removed"] is True
     assert body["released_agents"] == [f"agent{i:03}" for i in range(150)]
     assert set(await etcd_keys(etcd)) == {"members/a", "nodes/a", "claims/alice"}
+
+
+async def test_a_claim_given_back_passes_to_the_other_host(
+    cluster: Cluster,
+    etcd: EtcdServer,  # noqa: F811
+) -> None:
+    """Two nodes host x and a claimed it first. When a's daemon no longer has x, a gives the
+    claim back (compare-and-swap delete), b claims it and every view routes x to b; neither
+    sidecar keeps bookkeeping about x as someone else's agent or as a claim attempt of a."""
+    a = await add(cluster, etcd, "a", SHARED_X + ALICE)
+    await wait_for(lambda: has_claim(etcd, "x", "a"), what="a's claim of x")
+    b = await add(cluster, etcd, "b", SHARED_X + BOB)
+    states = {"a": "alive", "b": "alive"}
+    await wait_view(cluster, b, states, {"x": "a", "alice": "a", "bob": "b"})
+    assert backend(b)._claimed_elsewhere == {"x": "a"}
+    with capture_logs() as logs:
+        write_roster(a.workspace, ALICE)
+        code, _body = await cluster.delete(a.daemon_url + "/api/agents/x", signed=False)
+        assert code == 200
+        for node in (a, b):
+            await wait_view(cluster, node, states, {"x": "b", "alice": "a", "bob": "b"})
+    assert any(e["event"] == "agent_claim_released" and e["agent_id"] == "x" for e in logs)
+    assert await has_claim(etcd, "x", "b")
+    assert "x" not in backend(a).claim_attempts and backend(b)._claimed_elsewhere == {}
+
+
+async def test_an_etcd_started_afresh_is_read_again_and_filled_again(
+    cluster: Cluster,
+    etcd: EtcdServer,  # noqa: F811
+) -> None:
+    """etcd wiped and started empty on the same address (a lost volume, a re-created
+    cluster): its revisions start over, so resuming the watch would wait for revisions that
+    come much later. The sidecars notice their lease is gone, read everything again, and
+    write their records and claims anew, so a node that joins afterwards is seen as well."""
+    a = await add(cluster, etcd, "a", ALICE)
+    b = await add(cluster, etcd, "b", BOB)
+    async with aiohttp.ClientSession() as session:
+        client = EtcdClient(session, [etcd.url], timeout=2)
+        for i in range(30):  # a history well ahead of what the empty etcd will write
+            await client.put(f"/elsewhere/{i}", b"x")
+    both = {"a": "alive", "b": "alive"}
+    await wait_view(cluster, a, both, {"alice": "a", "bob": "b"})
+    await etcd.stop()
+    shutil.rmtree(etcd.data_dir)
+    await etcd.start()
+    await wait_for(lambda: has_claim(etcd, "alice", "a"), what="a to claim alice again")
+    await wait_for(lambda: has_claim(etcd, "bob", "b"), what="b to claim bob again")
+    await add(cluster, etcd, "c", CAROL)
+    everyone = {"a": "alive", "b": "alive", "c": "alive"}
+    for node in (a, b):
+        await wait_view(cluster, node, everyone, {"alice": "a", "bob": "b", "carol": "c"})
+    assert set(await etcd_keys(etcd)) == {
+        *(f"{kind}/{n}" for kind in ("members", "nodes") for n in "abc"),
+        "claims/alice",
+        "claims/bob",
+        "claims/carol",
+    }

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.etcd_backend import lease_ttl
+from sidecar.etcd_backend import call_timeout, lease_ttl, renew_interval
 from signet_cluster.errors import ConfigError
 from signet_cluster.settings import Settings, load_settings
 
@@ -79,3 +79,27 @@ def test_lease_ttl_is_the_peer_ttl_in_whole_seconds(
     """etcd leases are whole seconds: the peer TTL rounded up, never below etcd's 2 s."""
     settings = Settings(heartbeat_interval=interval, peer_ttl=peer_ttl)
     assert lease_ttl(settings) == expected
+
+
+@pytest.mark.parametrize(
+    ("members", "peer_timeout", "interval", "peer_ttl", "expected"),
+    [
+        (1, 2.0, 1.0, None, 2.0),  # defaults: 5 s lease renewed every 1 s leaves room
+        (3, 2.0, 1.0, None, 4 / 3),  # three members share the 4 s left of the lease
+        (3, 2.5, 0.5, 2.0, 0.5),  # a 2 s lease renewed every 0.5 s: 1.5 s over three
+        (2, 0.3, 0.25, 2.0, 0.3),  # a short peer_timeout stays as it is
+    ],
+)
+def test_an_etcd_call_fits_every_member_into_one_lease(
+    members: int, peer_timeout: float, interval: float, peer_ttl: float | None, expected: float
+) -> None:
+    """One etcd call waits at most `peer_timeout`, and at most an equal share of the lease
+    left after a renewal interval, so a renewal can try every member before the lease ends."""
+    settings = Settings(
+        heartbeat_interval=interval,
+        peer_ttl=peer_ttl,
+        peer_timeout=peer_timeout,
+        etcd_endpoints=tuple(f"http://127.0.0.1:{2379 + i}" for i in range(members)),
+    )
+    assert call_timeout(settings) == pytest.approx(expected)
+    assert renew_interval(settings) + members * call_timeout(settings) <= lease_ttl(settings)

@@ -3,6 +3,7 @@ partial results. Isolated agents, private memories and other groups never leak."
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from .cluster_helpers import Cluster, Node
@@ -188,3 +189,54 @@ async def test_knowledge_expand_merges_the_entitys_memories_from_every_node(
     assert found == {ids["b_global"]: "b", ids["a_global"]: "a"}
     assert body["memoryCount"] == 2 and body["entity"]["name"] == "staging"
     assert body["cluster"]["partial"] is False and headers["x-signet-cluster-missing"] == "0/2"
+
+
+async def test_an_agent_made_isolated_stops_contributing_before_the_roster_is_reread(
+    cluster: Cluster,
+) -> None:
+    """frank (shared, on a) is made isolated in a's daemon (as a roster sync at a daemon
+    restart does) while a's sidecar still holds its old roster (re-read hourly here): from
+    the next read on, frank's global memory is no longer contributed to bob on b, because
+    the contribution checks the daemon's agents table as it is now."""
+    a = await cluster.add(
+        "a", [ALICE, ERIN, FRANK], coordinator=True, roster_refresh=3600, **FANOUT
+    )
+    b = await cluster.add("b", [BOB, DAVE], coordinators=(a.url,), **FANOUT)
+    await wait_routes(cluster, a, {"bob": ("remote", "b")})
+    await wait_routes(cluster, b, {"frank": ("remote", "a")})
+    ids = await _seed(cluster, a, b)
+    code, body, _ = await _recall(cluster, b.url, "bob")
+    assert code == 200 and ids["frank_global"] in _ids(body), body
+    conn = sqlite3.connect(a.workspace / "memory" / "memories.db")
+    try:
+        conn.execute("UPDATE agents SET read_policy = 'isolated' WHERE id = 'frank'")
+        conn.commit()
+    finally:
+        conn.close()
+    code, body, _ = await _recall(cluster, b.url, "bob")
+    assert code == 200, body
+    assert ids["frank_global"] not in _ids(body)
+    assert ids["erin_global"] in _ids(body)  # the others still contribute
+
+
+async def test_an_unbounded_limit_is_read_as_the_daemons_read_it(cluster: Cluster) -> None:
+    """A fanned-out read whose limit is infinite (a JSON 1e999, "Infinity", ?limit=inf)
+    is clamped to 50 as the daemons clamp it, not a sidecar crash; a limit that is no
+    number at all takes the default."""
+    a, b = await _pair(cluster)
+    await _seed(cluster, a, b)
+    for limit in ("Infinity", "many"):
+        code, body, _ = await _recall(cluster, a.url, "bob", limit=limit)
+        assert code == 200 and body["cluster"]["partial"] is False, body
+    code, body, _ = await client(
+        cluster,
+        "POST",
+        a.url + "/api/memory/recall",
+        raw=b'{"query": "deploy", "agentId": "bob", "limit": 1e999}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert code == 200 and "cluster" in body, body
+    code, body, _ = await client(
+        cluster, "GET", a.url + "/memory/search?q=deploy&limit=inf&agentId=bob"
+    )
+    assert code == 200 and "cluster" in body, body

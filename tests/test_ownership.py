@@ -148,3 +148,29 @@ def test_lookup_handles_more_ids_than_one_statement_takes(tmp_path: Path) -> Non
         owners = ownership.lookup(f"m{i}" for i in range(2000))
     assert len(owners) == 1500
     assert {owner.agent_id for owner in owners.values()} == {"bob"}
+
+
+def test_a_database_upgraded_in_place_is_read_with_its_new_columns(tmp_path: Path) -> None:
+    """A daemon before 0.76 upgraded while the sidecar runs adds agent_id, visibility and
+    the agents table: the next lookups see them (a private memory reads as private, not as
+    the `default`, `global` of the old schema), and the agents' policies become readable."""
+    db = tmp_path / "memories.db"
+    _legacy_db(db, with_agent_columns=False)
+    with MemoryOwnership(db) as ownership:
+        assert ownership.lookup(["m1"])["m1"].visibility == "global"
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # the daemon's migration
+            conn.execute("ALTER TABLE memories ADD COLUMN agent_id TEXT DEFAULT 'default'")
+            conn.execute("ALTER TABLE memories ADD COLUMN visibility TEXT DEFAULT 'global'")
+            conn.execute(
+                "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT, read_policy TEXT,"
+                " policy_group TEXT, created_at TEXT, updated_at TEXT)"
+            )
+            conn.execute("INSERT INTO agents VALUES ('alice', 'alice', 'isolated', NULL, 'x', 'x')")
+            conn.execute("INSERT INTO memories VALUES ('m2', 'y', 0, 'alice', 'private')")
+            conn.commit()
+        owner = ownership.lookup(["m2"])["m2"]
+        assert (owner.agent_id, owner.visibility) == ("alice", "private")
+        assert ownership.policies(["alice", "bob"]) == {"alice": ("isolated", None)}
+    with MemoryOwnership(tmp_path / "old.db") as legacy:
+        _legacy_db(tmp_path / "old.db", with_agent_columns=False)
+        assert legacy.policies(["default"]) is None  # no agents table at all

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from signet_cluster.converter import structure, unstructure
+from signet_cluster.admin import AdminState
+from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import ValidationFailed
 from signet_cluster.protocol import AgentInfo, DaemonInfo, Heartbeat, ProtocolRange
 
@@ -88,3 +90,52 @@ def test_wrong_types_are_not_coerced() -> None:
         body = heartbeat_dict()
         del body["node_id"]
         structure(body, Heartbeat)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(raw: str) -> None:
+    """Python's JSON parser accepts NaN and Infinity; on the wire they are an error (a NaN
+    would make every comparison false, and browsers cannot parse a status that carries it)."""
+    body = json.dumps(heartbeat_dict(sent_at=0.5)).replace("0.5", raw)
+    with pytest.raises(ValidationFailed, match="finite") as info:
+        structure_json(body, Heartbeat)
+    assert "body.sent_at" in "\n".join(info.value.problems)
+
+
+def test_admin_decisions_are_validated_like_every_message() -> None:
+    """A replicated operator decision names a real node id, agent id and http(s) URL, at a
+    finite time: anything else is refused with every problem listed, never merged."""
+    bad = {
+        "nodes": [{"node_id": "bad id", "url": "javascript:alert(1)", "state": "joined", "at": 1}],
+        "adoptions": [{"agent_id": "a b", "node_id": "", "at": 1}],
+    }
+    with pytest.raises(ValidationFailed) as info:
+        structure(bad, AdminState)
+    text = "\n".join(info.value.problems)
+    for path in (
+        "body.nodes[0].node_id",
+        "body.nodes[0].url",
+        "body.adoptions[0].agent_id",
+        "body.adoptions[0].node_id",
+    ):
+        assert path in text, text
+    with pytest.raises(ValidationFailed, match="finite"):
+        structure_json(
+            '{"nodes": [{"node_id": "n", "url": null, "state": "removed", "at": Infinity}]}',
+            AdminState,
+        )
+    good = {
+        "nodes": [{"node_id": "n1", "url": "http://10.0.0.5:3860", "state": "joined", "at": 1.0}],
+        "adoptions": [{"agent_id": "alice", "node_id": None, "at": 2.0}],
+    }
+    assert unstructure(structure(good, AdminState)) == good
+
+
+def test_deeply_nested_json_is_a_clear_400() -> None:
+    """A body nested deeper than the parser can follow is refused as bad input, not a crash."""
+    from signet_cluster.converter import structure_json
+
+    with pytest.raises(ValidationFailed, match="nested too deeply"):
+        structure_json(b"[" * 100_000 + b"]" * 100_000, Heartbeat)
+    with pytest.raises(ValidationFailed, match="nested too deeply"):
+        structure_json(b'{"protocol": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001, Heartbeat)

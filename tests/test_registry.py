@@ -147,6 +147,20 @@ def test_version_only_moves_on_change() -> None:
     assert reg.version > version
 
 
+def test_rejoining_a_node_that_moved_changes_nothing() -> None:
+    """A joined node whose heartbeats name another URL than its join decision keeps the
+    heartbeat's URL; re-applying the decision (every admin change re-applies them all) is
+    a no-op instead of a new registry version each time, which would send every node the
+    whole registry again."""
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=ManualClock())
+    assert reg.mark_joined("a", "http://10.0.0.1:3860") is True
+    reg.apply_heartbeat(hb("a", [], url="http://10.0.0.9:3860"), 1)
+    version = reg.version
+    assert reg.mark_joined("a", "http://10.0.0.1:3860") is False
+    assert reg.version == version
+    assert reg.record("a").url == "http://10.0.0.9:3860"  # type: ignore[union-attr]
+
+
 def test_find_by_id_host_port_and_host() -> None:
     """remove accepts a node id, HOST:PORT, a URL or a bare host when only one node is there."""
     reg = Registry(ttl=5, reap_after=5, clock=ManualClock())

@@ -3,6 +3,9 @@ agent's owner, in one hop, with the agent named on every cross-node request."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 from sidecar import keys
 from sidecar.membership import ClusterView
 from sidecar.peers import HOP_HEADER
@@ -249,8 +252,9 @@ async def test_modify_and_forget_of_another_agents_memory_are_refused(cluster: C
 
 
 async def test_daemon_error_shapes_come_back_unchanged(cluster: Cluster) -> None:
-    """Malformed JSON, a missing query and an unknown agent get the daemon's own answers
-    (status and body) through the sidecar, not a sidecar error."""
+    """Malformed JSON (even nested too deep to decode), a missing query and an unknown
+    agent get the daemon's own answers (status and body) through the sidecar, not a
+    sidecar error."""
     a = await cluster.add("a", [ALICE, CAROL], coordinator=True)
     cases = [
         ("POST", "/api/memory/recall", b"{not json", {"Content-Type": "application/json"}),
@@ -258,9 +262,96 @@ async def test_daemon_error_shapes_come_back_unchanged(cluster: Cluster) -> None
         ("POST", "/api/memory/recall", b'{"limit":3}', {"Content-Type": "application/json"}),
         ("GET", "/api/agents/nobody", b"", {}),
         ("GET", "/api/memory/no-such-id?agentId=ghost", b"", {}),
+        # Nested deeper than Python's JSON decoder recurses: still the daemon's answer.
+        ("POST", "/api/memory/recall", b'{"query":' + b"[" * 100_000, {}),
     ]
     for method, path, data, headers in cases:
         direct = await client(cluster, method, a.daemon_url + path, raw=data, headers=headers)
         routed = await client(cluster, method, a.url + path, raw=data, headers=headers)
         assert routed[:2] == direct[:2], path
         assert routed[2]["Content-Type"] == direct[2]["Content-Type"]
+
+
+async def test_a_trickled_memory_request_body_gets_408(cluster: Cluster) -> None:
+    """A client that sends a memory request's headers but not its whole body is answered
+    408 (the daemon's error shape) after body_timeout, on the memory API and on a
+    passed-through path alike, instead of holding the sidecar's handler open."""
+    a = await cluster.add("a", [ALICE], coordinator=True, body_timeout=0.3)
+    assert a.settings is not None
+    for path in ("/api/memory/recall", "/api/documents"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.settings.port)
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                'Content-Length: 100\r\n\r\n{"query'.encode()
+            )
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 5)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), (path, answer[:80])
+        assert json.loads(body)["code"] == "body_timeout"
+    code, _, _ = await client(cluster, "POST", a.url + "/api/memory/recall", {"query": "x"})
+    assert code == 200
+
+
+async def test_a_client_that_sends_expect_100_continue_gets_the_daemons_answer(
+    cluster: Cluster,
+) -> None:
+    """A client sending `Expect: 100-continue` (curl does for large bodies) gets the
+    interim 100 and then the daemon's real answer, and the next request on the sidecar's
+    kept daemon connection gets its own answer, not that one."""
+    a = await cluster.add("a", [ALICE], coordinator=True)
+    assert a.settings is not None
+    await remember(cluster, a.url, "expect continue note")
+    body = b'{"query": "expect"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", a.settings.port)
+    try:
+        writer.write(
+            b"POST /api/memory/recall HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    interim, _, final = answer.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue", answer[:80]
+    head, _, payload = final.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), final[:80]
+    assert [hit["content"] for hit in json.loads(payload)["results"]] == ["expect continue note"]
+    code, answer_json, _ = await client(
+        cluster, "POST", a.url + "/api/memory/remember", {"content": "the next request"}
+    )
+    assert code == 200 and answer_json["content"] == "the next request", answer_json
+
+
+async def test_a_remember_lands_the_same_whichever_node_receives_it(cluster: Cluster) -> None:
+    """A body `sessionKey` does not name a remember's agent on the daemon, so it does not
+    route either: sent to a or to b, the memory is the receiving daemon's `default` one;
+    the session-key *header* does name the agent and goes to its owner from anywhere."""
+    a, b = await two_nodes(cluster)
+    for node, text in ((a, "body key sent to a"), (b, "body key sent to b")):
+        code, body, _ = await client(
+            cluster,
+            "POST",
+            node.url + "/api/memory/remember",
+            {"content": text, "sessionKey": "agent:carol:s1"},
+        )
+        assert code == 200, body
+        rows = db_rows(node, "SELECT agent_id FROM memories WHERE content = ?", (text,))
+        assert rows == [("default",)]
+    code, body, _ = await client(
+        cluster,
+        "POST",
+        a.url + "/api/memory/remember",
+        {"content": "header key sent to a"},
+        headers={"x-signet-session-key": "agent:carol:s2"},
+    )
+    assert code == 200, body
+    rows = db_rows(b, "SELECT agent_id FROM memories WHERE content = ?", ("header key sent to a",))
+    assert rows == [("carol",)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from .cluster_helpers import Cluster, Node
+from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
+
+from .cluster_helpers import Cluster, Node, TestServer
 from .routing_helpers import ALICE, CAROL, client, daemon_requests, db_rows, wait_routes
 
 
@@ -104,3 +106,25 @@ async def test_rust_search_for_a_named_agent_reads_as_that_agent(cluster: Cluste
     assert code == 200 and [r["id"] for r in found["results"]] == [saved["id"]], found
     code, direct, _ = await client(cluster, "GET", b.daemon_url + "/api/memory/search?q=detail")
     assert direct["results"] == []  # the daemon alone reads as default
+
+
+async def test_a_rust_daemon_restart_does_not_strand_writes_that_carry_a_client_key(
+    cluster: Cluster,
+) -> None:
+    """After the Rust daemon restarts (every session gone, the sidecar's own included), a
+    write that carries a client session key nobody opened still lands: the sidecar
+    notices its own session is gone too and opens it again."""
+    a, b = await _nodes(cluster, "rust")
+    body = {"content": "carol before restart", "agentId": "carol", "sessionKey": "agent:carol:x"}
+    code, saved, _ = await client(cluster, "POST", a.url + "/api/memory/remember", body)
+    assert code == 200, saved
+    assert b.daemon_server is not None
+    port = b.daemon_server.port
+    await cluster.stop_daemon(b)
+    app = make_devdaemon_app(DevDaemonConfig(path=b.workspace, flavor="rust"))
+    b.daemon_server = TestServer(app, host="127.0.0.1", port=port)
+    await b.daemon_server.start_server()
+    body = body | {"content": "carol after restart", "sessionKey": "agent:carol:y"}
+    code, saved, _ = await client(cluster, "POST", a.url + "/api/memory/remember", body)
+    assert code == 200, saved
+    assert db_rows(b, "SELECT agent_id FROM memories WHERE id = ?", (saved["id"],)) == [("carol",)]

@@ -5,6 +5,7 @@ connection the server closed, timeouts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -146,3 +147,53 @@ async def test_timeouts_and_failures_are_reported(pools: list[H1Pool]) -> None:
         assert not caught.value.timed_out
     with pytest.raises(H1Error, match="cannot connect"):
         await _pool(pools, port).request("GET", "/", [], None, 2)
+
+
+async def test_interim_answers_are_skipped_and_expect_is_not_sent(pools: list[H1Pool]) -> None:
+    """A daemon that answers `100 Continue` (as it does to a client's `Expect:
+    100-continue`) before the real answer: the caller gets the real answer, and the next
+    request on that kept connection gets its own, not the previous one's. The client's
+    Expect header is not passed on (the body goes out whole)."""
+
+    def reply(request: bytes) -> bytes:
+        name = request.split(b" ")[1].lstrip(b"/")
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name)
+        return b"HTTP/1.1 100 Continue\r\n\r\n" + answer
+
+    server = RawServer(reply)
+    async with server as port:
+        pool = _pool(pools, port)
+        expect = [("Expect", "100-continue")]
+        assert (await pool.request("POST", "/first", expect, b"{}", 2))[::2] == (200, b"first")
+        assert (await pool.request("POST", "/second", [], b"{}", 2))[::2] == (200, b"second")
+    assert server.connections == 1
+    assert all(b"expect" not in r.lower() for r in server.requests)
+
+
+async def test_the_wait_for_a_free_connection_counts_against_the_timeout(
+    pools: list[H1Pool],
+) -> None:
+    """With every connection slot taken by a request the daemon does not answer, another
+    request fails with a timeout after its own timeout, not after the blocking one's."""
+
+    hanging = asyncio.Event()
+
+    def reply(request: bytes) -> bytes:
+        # /hang gets nothing back (the connection stays open); anything else an answer.
+        if b" /hang " in request:
+            hanging.set()
+            return b""
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    server = RawServer(reply)
+    async with server as port:
+        pool = H1Pool("127.0.0.1", port, limit=1)
+        pools.append(pool)
+        blocking = asyncio.create_task(pool.request("GET", "/hang", [], None, 30))
+        await asyncio.wait_for(hanging.wait(), 5)
+        with pytest.raises(H1Error) as caught:
+            await asyncio.wait_for(pool.request("GET", "/quick", [], None, 0.2), 5)
+        assert caught.value.timed_out
+        blocking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await blocking

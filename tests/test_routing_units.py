@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from signet_cluster.adapt import plan_request
+from signet_cluster.adapt import plan_request, search_as_recall_body
 from signet_cluster.agent_resolution import RouteKind, resolve_agent
 from signet_cluster.breaker import Breakers
 from signet_cluster.ownership import MemoryOwner
 from signet_cluster.protocol import AgentInfo
-from signet_cluster.visibility import contributing_agents, may_contribute
+from signet_cluster.visibility import contributing_agents, live_policies, may_contribute
 
 
 def _resolve(kind: RouteKind, body: Any = None, query: Any = None, headers: Any = None) -> str:
@@ -38,6 +38,14 @@ def test_resolution_follows_the_daemon_route_by_route() -> None:
     assert _resolve(RouteKind.LEGACY_SEARCH, query={"agentId": "x"}, headers=header) == "default"
     assert _resolve(RouteKind.GET_BY_ID, headers={"x-signet-session-key": "agent:d:z"}) == "d"
     assert _resolve(RouteKind.REMEMBER, {"content": "c"}, headers=header) == "default"
+    # A body sessionKey does not name a remember's agent; the session-key header does.
+    assert _resolve(RouteKind.REMEMBER, {"content": "c", "sessionKey": "agent:b:1"}) == "default"
+    assert (
+        _resolve(
+            RouteKind.REMEMBER, {"content": "c"}, headers={"x-signet-session-key": "agent:b:1"}
+        )
+        == "b"
+    )
     assert _resolve(RouteKind.HOOK_REMEMBER, {"content": "c"}, headers=header) == "bob"
     assert _resolve(RouteKind.MODIFY, {"agent_id": "m", "agentId": "n"}) == "m"
     assert _resolve(RouteKind.RECALL, {"agentId": 5}) == "default"  # not a string: ignored
@@ -55,6 +63,16 @@ def _plan(kind: RouteKind, flavor: str, agent: str, body: Any = None, **kw: Any)
         body=body,
         explicit=kw.get("explicit", False),
     )
+
+
+def test_rust_patch_and_delete_name_a_query_agent_in_the_header() -> None:
+    """Rust scopes PATCH/DELETE by id with the agent header, so an agent named in the query
+    reaches a local Rust daemon as that header (TS reads the query itself)."""
+    for kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID):
+        rust = _plan(kind, "rust", "alice", {"reason": "r"}, query=[("agentId", "alice")])
+        assert rust.set_headers.get("x-signet-agent-id") == "alice"
+        ts = _plan(kind, "ts", "alice", {"reason": "r"}, query=[("agentId", "alice")])
+        assert "x-signet-agent-id" not in ts.set_headers
 
 
 def test_adaptation_per_flavor() -> None:
@@ -106,6 +124,11 @@ def test_adaptation_per_flavor() -> None:
     )
     assert (plan.method, plan.path) == ("POST", "/api/memory/recall")
     assert plan.body == {"agentId": "bob", "query": "tea", "limit": 3, "pinned": True}
+    # The same conversion serves fan-out; a number that does not parse is no filter (as TS).
+    assert search_as_recall_body({"q": "x", "importance_min": "0.5", "limit": "many"}) == {
+        "query": "x",
+        "importanceMin": 0.5,
+    }
     plan = _plan(RouteKind.GET_BY_ID, "ts", "bob", None, method="GET", explicit=True)
     assert plan.query == [("agentId", "bob")]
 
@@ -140,6 +163,24 @@ def test_what_may_leave_a_node(
     owner = MemoryOwner(id="m", agent_id=agent, visibility=visibility, is_deleted=deleted)
     assert may_contribute(owner, ROSTER, policy, group) is allowed
     assert may_contribute(None, ROSTER, "shared", None) is False
+
+
+def test_the_daemons_agents_table_as_of_now_can_only_narrow_it() -> None:
+    """With the daemon's current policies given, a memory leaves only when both they and
+    the roster allow it: an agent isolated (or without a row) in the table stays home even
+    if the roster still says shared; no table at all (legacy) leaves the roster to decide."""
+    owner = MemoryOwner(id="m", agent_id="sh", visibility="global", is_deleted=False)
+    iso = MemoryOwner(id="m", agent_id="iso", visibility="global", is_deleted=False)
+    cases: list[tuple[MemoryOwner, dict[str, tuple[object, object]] | None, bool]] = [
+        (owner, {"sh": ("isolated", None)}, False),
+        (owner, {"sh": ("group", None)}, False),  # group without a group: isolated
+        (owner, {}, False),  # no row
+        (owner, {"sh": ("shared", None)}, True),
+        (owner, None, True),
+        (iso, {"iso": ("shared", None)}, False),  # the roster still says isolated
+    ]
+    for memory, rows, allowed in cases:
+        assert may_contribute(memory, ROSTER, "shared", None, live_policies(rows)) is allowed
 
 
 def test_contributing_agents() -> None:

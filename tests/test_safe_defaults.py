@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from sidecar import keys
 from sidecar.app import make_app
+from signet_cluster.clock import ManualClock
 from signet_cluster.errors import ConfigError
 from signet_cluster.settings import Settings, load_settings
 
@@ -130,6 +131,20 @@ async def test_bearer_token_is_left_to_a_team_mode_daemon(cluster: Cluster) -> N
     assert code == 200
     seen = await _memory_requests(t, cluster)
     assert seen[-1]["headers"]["authorization"] == "Bearer team-token-123"
+
+
+async def test_a_bearer_token_opens_no_page_the_sidecar_serves_itself(cluster: Cluster) -> None:
+    """In team mode the bearer exemption is for the daemon to judge the token: routes the
+    sidecar answers itself (/metrics, the /cluster page and its files) never reach the
+    daemon, so from another host a bearer token opens none of them."""
+    t = await cluster.add("t", ALICE, coordinator=True, daemon_auth_mode="team")
+    t.app[keys.AUTH].peer_override = OUTSIDER
+    forged = {"Authorization": "Bearer anything-at-all"}
+    for path in ("/metrics", "/cluster", "/cluster/static/cluster.js"):
+        code, body, _ = await cluster.request("GET", t.url + path, headers=forged, signed=False)
+        assert code == 401, (path, body)
+        code, _body, _ = await cluster.request("GET", t.url + path)
+        assert code != 401, path
 
 
 async def test_team_mode_is_read_from_agent_yaml(cluster: Cluster) -> None:
@@ -256,3 +271,43 @@ async def test_metrics_token_opens_metrics_and_nothing_else(
     bad = {"Authorization": "Bearer prometheus-scrape-token-wrong-000"}
     code, _body, _ = await cluster.request("GET", a.url + "/metrics", headers=bad, signed=False)
     assert code == 401
+
+
+async def test_an_unchecked_bearer_token_gets_nothing_while_the_owner_is_down(
+    cluster: Cluster,
+) -> None:
+    """Only the owner's daemon can judge a bearer token. With the owner down, a remote
+    caller holding any token gets 503 `token_unverified` for a federated read (not the other
+    nodes' global memories) and its remember is not spooled on the token's word."""
+    clock = ManualClock()
+    bob = [{"name": "bob", "memory": {"read_policy": "shared"}}]
+    carol = [{"name": "carol", "memory": {"read_policy": "shared"}}]
+    a = await cluster.add("a", carol, coordinator=True, clock=clock, daemon_auth_mode="team")
+    b = await cluster.add("b", bob, coordinators=(a.url,), daemon_auth_mode="team")
+    await cluster.wait_states(a, {"b": "alive"})
+    code, _ = await cluster.post(
+        a.url + "/api/memory/remember",
+        {"content": "Carol's global note about the staging keys", "agentId": "carol"},
+    )
+    assert code == 200
+    await cluster.stop_sidecar(b)
+    clock.advance(a.settings.ttl + 1)  # type: ignore[union-attr]
+    await cluster.wait_states(a, {"b": "down"})
+
+    a.app[keys.AUTH].peer_override = OUTSIDER
+    forged = {"Authorization": "Bearer forged"}
+    code, body = await cluster.post(
+        a.url + "/api/memory/recall",
+        {"query": "staging", "agentId": "bob"},
+        signed=False,
+        headers=forged,
+    )
+    assert code == 503 and body["code"] == "token_unverified", body
+    assert "staging keys" not in json.dumps(body)
+    code, body = await cluster.post(
+        a.url + "/api/memory/remember",
+        {"content": "written on a forged token", "agentId": "bob"},
+        signed=False,
+        headers=forged,
+    )
+    assert code == 503 and body["code"] == "owner_unreachable", body

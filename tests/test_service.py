@@ -209,3 +209,31 @@ def test_machine_values_name_this_machine(tmp_path: Path) -> None:
     assert values["SECRET_VAR"] == "SIGNET_CLUSTER_KEYRING_FILE"
     assert values["SECRET"] == str(tmp_path / "keyring.json")
     assert values["GRACE"] == f"{settings.shutdown_timeout:g}"
+
+
+def test_the_key_file_the_unit_names_counts(tmp_path: Path) -> None:
+    """A settings file that listens on the network and leaves the key to the unit is valid
+    with the key file the unit names (not refused as keyless); a settings file that names
+    its own keyring gets a unit naming that keyring, not a second key file the sidecar would
+    refuse; a real conflict (both a keyring and a secret file) is still refused."""
+    config = tmp_path / "etc" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('host = "0.0.0.0"\nadvertise_url = "http://hostb:3860"\n')
+    secret = tmp_path / "etc" / "secret"
+    code, printed, err = install(
+        ["--print", "--config", str(config), "--secret-file", str(secret)], tmp_path
+    )
+    assert code == 0, err
+    assert f"Environment=SIGNET_CLUSTER_SECRET_FILE={secret}" in printed
+
+    keyring = tmp_path / "etc" / "keyring.json"
+    config.write_text(f'host = "0.0.0.0"\nkeyring_file = "{keyring}"\n')
+    code, printed, err = install(["--print", "--config", str(config)], tmp_path)
+    assert code == 0, err
+    assert f"Environment=SIGNET_CLUSTER_KEYRING_FILE={keyring}" in printed
+    assert "SIGNET_CLUSTER_SECRET_FILE" not in printed
+
+    code, _printed, err = install(
+        ["--print", "--config", str(config), "--secret-file", str(secret)], tmp_path
+    )
+    assert code == 1 and "set one of them, not both" in err

@@ -70,3 +70,17 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     """A named config file that does not exist is a clear error, not silently ignored."""
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_file=tmp_path / "nope.toml", env={})
+
+
+def test_non_finite_numbers_are_refused(tmp_path: Path) -> None:
+    """`nan` and `inf` parse as floats (env text and TOML alike) but are no usable interval,
+    timeout or port: a NaN passes every `<= 0` check, and `int(inf)` used to crash the loader
+    instead of reporting. Each is refused by name."""
+    config = tmp_path / "c.toml"
+    config.write_text("reap_after = nan\npeer_timeout = inf\nport = inf\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_file=config, env={"SIGNET_CLUSTER_HEARTBEAT_INTERVAL": "nan"})
+    text = "\n".join(info.value.problems)
+    for name in ("reap_after", "peer_timeout", "port", "SIGNET_CLUSTER_HEARTBEAT_INTERVAL"):
+        assert name in text
+    assert "finite" in text

@@ -83,3 +83,19 @@ def test_idempotency_key_is_kept_or_added() -> None:
     body: dict[str, object] = {"content": "x"}
     key = ensure_idempotency_key(body, "n1")
     assert key.startswith("signet-cluster:n1:") and body["idempotencyKey"] == key
+
+
+def test_the_spool_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The spool holds memory contents and clients' Authorization headers: the file and
+    SQLite's WAL beside it are created owner-only (0600), and an existing file with looser
+    permissions is tightened when the spool opens it."""
+    loose = tmp_path / "old" / "spool.db"
+    loose.parent.mkdir()
+    loose.touch(mode=0o644)
+    loose.chmod(0o644)
+    for path in (tmp_path / "new" / "spool.db", loose):
+        spool = Spool(path, max_bytes=10_000, max_age=3600)
+        add(spool, "n1", "secret")
+        for made in (path, path.with_name(path.name + "-wal")):
+            assert made.stat().st_mode & 0o777 == 0o600, made
+        spool.close()

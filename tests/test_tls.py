@@ -17,6 +17,8 @@ import pytest
 import trustme
 
 from sidecar import keys
+from signet_cluster.errors import ConfigError
+from signet_cluster.tls import TlsManager
 
 from .cluster_helpers import Cluster, Node, registry_of, wait_for
 
@@ -110,6 +112,21 @@ async def test_mtls_cluster_forms_and_identity_comes_from_the_certificate(
         "DELETE", a.url + "/api/cluster/peers/nosuch", signed=False
     )
     assert code == 200 and body["removed"] is False
+
+
+async def test_a_certificate_admits_a_caller_whose_signature_cannot_be_checked(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A CLI set up with both a client certificate and a cluster key, talking to an
+    mTLS-only sidecar (no key to check the signature with), is admitted by its certificate
+    for admin operations; without a certificate the same signed call is refused saying the
+    sidecar has no key."""
+    a, _b, _ca = await mtls_pair(cluster, tmp_path)
+    code, body, _ = await cluster.request("DELETE", a.url + "/api/cluster/peers/nosuch")
+    assert code == 200 and body["removed"] is False, body
+    cluster.ssl_context = client_context(None, str(tmp_path / "a" / "ca.crt"))
+    code, body, _ = await cluster.request("DELETE", a.url + "/api/cluster/peers/nosuch")
+    assert code == 401 and body["reason"] == "no_keyring"
 
 
 async def test_unknown_certificate_is_refused(cluster: Cluster, tmp_path: Path) -> None:
@@ -226,3 +243,22 @@ async def test_certificates_reload_without_restart(cluster: Cluster, tmp_path: P
     await wait_for(new_ca_trusted, what="the new CA is used")
     with pytest.raises((aiohttp.ClientError, ConnectionError, ssl.SSLError)):
         await fresh_get(old_client, status_url)
+
+
+def test_a_broken_certificate_file_is_reported_once_and_the_old_one_kept(tmp_path: Path) -> None:
+    """A certificate file replaced by something unreadable fails the reload with the reason
+    once (the sidecar logs it), keeps serving with the certificates it had, and is not
+    re-read (nor re-reported) every second until the file changes again; a good file then
+    loads."""
+    ca = trustme.CA()
+    files = issue(ca, tmp_path, "a")
+    tls = TlsManager(files["tls_cert_file"], files["tls_key_file"], files["tls_ca_file"])
+    tls.load()
+    context = tls.client_context
+    Path(files["tls_cert_file"]).write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="cannot load certificate files"):
+        tls.reload_if_changed()
+    assert tls.client_context is context
+    assert tls.reload_if_changed() is False
+    issue(ca, tmp_path, "a")
+    assert tls.reload_if_changed() is True and tls.client_context is not context

@@ -27,15 +27,20 @@ def parse_args(argv: list[str] | None = None) -> DevDaemonConfig:
         "--fail", choices=FAIL_MODES, default="none", help="make memory routes fail or hang"
     )
     args = parser.parse_args(argv)
-    return DevDaemonConfig(
-        path=args.path,
-        flavor=args.flavor,
-        host=args.host,
-        port=args.port,
-        version=args.version,
-        latency_ms=args.latency_ms,
-        fail=args.fail,
-    )
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port: {args.port} is not a TCP port (0-65535)")
+    try:
+        return DevDaemonConfig(
+            path=args.path,
+            flavor=args.flavor,
+            host=args.host,
+            port=args.port,
+            version=args.version,
+            latency_ms=args.latency_ms,
+            fail=args.fail,
+        )
+    except ValueError as exc:  # the config's own checks (e.g. a negative latency)
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ Body = dict[str, Any]
 class RememberInput:
     """A parsed remember request (already validated by the route)."""
 
-    content: str
+    content: str  # as stored: CRLF folded, trimmed, prefixes (TS) taken off
+    sent: str  # as sent, trimmed: what the daemon measures and splits when chunking
     agent_id: str
     visibility: str
     scope: str | None
@@ -131,8 +132,10 @@ def _dedupe_response(store: Store, row: Row, how: str, inp: RememberInput, diges
             "deduped": True,
         }
     tags = row["tags"]
-    if how == "idem" and tags is None:
-        tags = ""  # recorded: the idempotency path reports missing tags as ""
+    if store.config.has_agents and not store.config.is_rust:
+        # `tags: row.tags || ""` on every dedupe path (recorded for the idempotency key).
+        # 0.58.1 keeps the row's value: neither its source nor its recordings say otherwise.
+        tags = tags or ""
     return {
         "id": row["id"],
         "type": row["type"],
@@ -169,7 +172,7 @@ def _created_response(store: Store, inp: RememberInput, mem_id: str, linked: int
 
 
 def _remember_chunked(store: Store, inp: RememberInput, target: int) -> tuple[int, Body]:
-    chunks = chunk_content(inp.content, target)
+    chunks = chunk_content(inp.sent, target)
     if not chunks:
         return 400, {"error": "content produced no valid chunks"}
     key = inp.idempotency_key
@@ -206,7 +209,7 @@ def _remember_chunked(store: Store, inp: RememberInput, target: int) -> tuple[in
 
 def remember(store: Store, inp: RememberInput, *, max_chars: int, target: int) -> tuple[int, Body]:
     """Store one memory (or its chunks); returns the HTTP status and the response body."""
-    if inp.structured is None and len(inp.content) > max_chars:
+    if inp.structured is None and len(inp.sent) > max_chars:
         return _remember_chunked(store, inp, target)
     digest = content_hash(inp.content)
     existing, how = _find_existing(store, inp, digest)

@@ -48,15 +48,13 @@ def query_agent(request: web.Request) -> str:
     return session_agent(request.headers.get(SESSION_HEADER)) or "default"
 
 
-def mutation_owner(state: DaemonState, body: dict[str, Any], request: web.Request) -> str | None:
-    """Rust scopes modify/forget to the resolved agent's memories; TS scopes nothing."""
+def mutation_owner(state: DaemonState, request: web.Request, *named: object) -> str | None:
+    """Rust scopes modify, forget and PATCH/DELETE by id to the agent they act as: the first
+    agent the request ``named`` (the route's own fields, in order), else the
+    ``x-signet-agent-id`` header, else ``default``. TS scopes nothing (None)."""
     if not state.config.is_rust:
         return None
-    for candidate in (
-        body.get("agent_id"),
-        body.get("agentId"),
-        request.headers.get(AGENT_HEADER),
-    ):
+    for candidate in (*named, request.headers.get(AGENT_HEADER)):
         agent = text_or_none(candidate)
         if agent is not None:
             return agent

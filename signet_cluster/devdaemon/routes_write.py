@@ -34,7 +34,15 @@ from .remember import RememberInput, remember
 from .resolve import AGENT_HEADER, SESSION_HEADER, actor, mutation_owner
 from .search import Filters
 from .state import DaemonState, state_of
-from .util import as_float, infer_type, parse_tags, session_agent, storage_content, text_or_none
+from .util import (
+    as_float,
+    infer_type,
+    parse_prefixes,
+    parse_tags,
+    session_agent,
+    storage_content,
+    text_or_none,
+)
 
 Body = dict[str, Any]
 _NO_FILTER = (
@@ -115,8 +123,8 @@ def _parse_remember(
 ) -> RememberInput | web.Response:
     config = state.config
     raw = body.get("content")
-    content = storage_content(raw) if isinstance(raw, str) else ""
-    if not content:
+    sent = storage_content(raw) if isinstance(raw, str) else ""
+    if not sent:
         return error("content is required", 400)
     ok, tags = parse_tags(body.get("tags"))
     if not ok:
@@ -130,8 +138,10 @@ def _parse_remember(
     elif not valid_structured(structured):
         return error("structured must be a valid structured payload", 400)
     importance = as_float(body.get("importance"))
-    agent, visibility, mem_type = "default", "global", infer_type(content)
+    pinned = body.get("pinned") is True
+    content, agent, visibility = sent, "default", "global"
     if config.is_rust:
+        # Rust applies no prefixes: the body says everything.
         agent, problem = _rust_agent(body, request)
         if problem is not None:
             return error(problem, 403)
@@ -143,23 +153,34 @@ def _parse_remember(
             return error(problem, 403)
         mem_type = text_or_none(body.get("type")) or "fact"
         importance = 0.5 if importance is None else importance
-    elif config.has_agents:
-        key = text_or_none(body.get("sessionKey")) or request.headers.get(SESSION_HEADER)
-        agent = text_or_none(body.get("agentId")) or session_agent(key) or "default"
-        visibility = "private" if body.get("visibility") == "private" else "global"
-    if not config.is_rust and content.lower().startswith("critical:"):
-        content, importance = content[len("critical:") :].strip(), 1.0
+    else:
+        if config.has_agents:
+            # The session key comes from the header only: TS passes
+            # `c.req.header("x-signet-session-key")` to resolveAgentId (the body
+            # `sessionKey` of a remember is Rust's).
+            header_key = request.headers.get(SESSION_HEADER)
+            agent = text_or_none(body.get("agentId")) or session_agent(header_key) or "default"
+            visibility = "private" if body.get("visibility") == "private" else "global"
+        prefixed = parse_prefixes(sent)
+        content = storage_content(prefixed.content)
         if not content:
             return error("content is required", 400)
+        # `body.importance ?? parsed.importance`, `body.pinned ?? parsed.pinned`, and the
+        # body's tags whenever it has the key.
+        importance = prefixed.importance if importance is None else importance
+        pinned = prefixed.pinned if body.get("pinned") is None else bool(body["pinned"])
+        tags = tags if "tags" in body else prefixed.tags
+        mem_type = infer_type(content)
     return RememberInput(
         content=content,
+        sent=sent,
         agent_id=agent,
         visibility=visibility,
         scope=text_or_none(body.get("scope")) if config.has_agents else None,
         who=text_or_none(body.get("who")) or "daemon",
         project=text_or_none(body.get("project")),
-        importance=0.8 if importance is None else importance,
-        pinned=body.get("pinned") is True,
+        importance=importance,
+        pinned=pinned,
         tags=tags,
         mem_type=mem_type,
         source_type=text_or_none(body.get("sourceType")) or "manual",
@@ -210,7 +231,7 @@ async def modify_route(request: web.Request) -> web.Response:
     cap = 100 if rust else 200
     if len(patches) > cap:
         return error(f"too many patches (max {cap})", 400)
-    owner = mutation_owner(state, body, request)
+    owner = mutation_owner(state, request, body.get("agent_id"), body.get("agentId"))
     who = actor(body, request)
     results = []
     for item in patches:
@@ -282,7 +303,7 @@ async def forget_route(request: web.Request) -> web.Response:
     reason = text_or_none(body.get("reason"))
     if mode == "execute" and reason is None:
         return error("reason is required for execute mode", 400)
-    owner = mutation_owner(state, body, request)
+    owner = mutation_owner(state, request, body.get("agent_id"), body.get("agentId"))
     candidates = forget_candidates(state.store, selection, owner)
     if mode == "preview":
         return json_response(preview_body(candidates))
@@ -321,6 +342,10 @@ _PATCH_STATUS = {
 }
 
 
+# By id, Rust answers with the TS names; only its batch routes use their own.
+_BY_ID_STATUS = {"version_mismatch": "version_conflict", "pinned": "pinned_requires_force"}
+
+
 async def patch_memory(request: web.Request) -> web.Response:
     state = state_of(request)
     try:
@@ -332,9 +357,11 @@ async def patch_memory(request: web.Request) -> web.Response:
     patch: Patch = parse_patch_fields(body, body.get("if_version"))
     if patch.error is not None:
         return error(patch.error, 400)
+    owner = mutation_owner(state, request)  # Rust: the agent header only
     result = apply_patch(
-        state.store, request.match_info["id"], patch, actor=actor(body, request), owner=None
+        state.store, request.match_info["id"], patch, actor=actor(body, request), owner=owner
     )
+    result["status"] = _BY_ID_STATUS.get(result["status"], result["status"])
     return json_response(result, _PATCH_STATUS[result["status"]])
 
 
@@ -349,8 +376,11 @@ async def delete_memory(request: web.Request) -> web.Response:
     if reason is None:
         return error("reason is required", 400)
     force = body.get("force") is True or request.query.get("force") in ("true", "1")
+    named = (body.get("agent_id"), body.get("agentId"))
+    owner = mutation_owner(state, request, *named, *map(request.query.get, ("agent_id", "agentId")))
     result = forget_one(
-        state.store, request.match_info["id"], force=force, actor=actor(body, request), owner=None
+        state.store, request.match_info["id"], force=force, actor=actor(body, request), owner=owner
     )
+    result["status"] = _BY_ID_STATUS.get(result["status"], result["status"])
     status = 200 if result["status"] == "deleted" else _PATCH_STATUS[result["status"]]
     return json_response(result, status)

@@ -6,6 +6,8 @@ import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
+import attrs
+
 _WS = re.compile(r"\s+")
 _TRAILING_PUNCT = re.compile(r"[.!?,;:…]+$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -61,6 +63,34 @@ def normalize_for_hash(content: str) -> str:
 
 def content_hash(content: str) -> str:
     return hashlib.sha256(normalize_for_hash(content).encode("utf-8")).hexdigest()
+
+
+_TAG_PREFIX = re.compile(r"^\[([^\]]+)\]:\s*(.+)$", re.DOTALL)
+
+
+@attrs.frozen(kw_only=True)
+class Prefixed:
+    """What the TS daemon's ``parsePrefixes`` reads off the front of remembered content:
+    ``critical:`` pins it at importance 1.0, ``[a, b]:`` tags it. The body's own
+    ``importance``, ``pinned`` and ``tags`` win over these."""
+
+    content: str
+    tags: str | None = None
+    pinned: bool = False
+    importance: float = 0.8
+
+
+def parse_prefixes(raw: str) -> Prefixed:
+    content, pinned, importance = raw.strip(), False, 0.8
+    if content.lower().startswith("critical:"):
+        content, pinned, importance = content[len("critical:") :].strip(), True, 1.0
+    tags = None
+    match = _TAG_PREFIX.match(content)
+    if match:
+        names = (tag.strip().lower() for tag in match.group(1).split(","))
+        tags = ",".join(name for name in names if name)
+        content = match.group(2).strip()
+    return Prefixed(content=content, tags=tags, pinned=pinned, importance=importance)
 
 
 def infer_type(content: str) -> str:
