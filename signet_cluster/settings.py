@@ -78,8 +78,10 @@ class Settings:
         default=None,
         metadata=_doc("Seconds without a heartbeat before a node is down (default 5 x interval)."),
     )
+    # Long on purpose: once a node is reaped its agents are unclaimed, and writes for them
+    # would be served by whichever daemon receives them (a second owner).
     reap_after: float = attrs.field(
-        default=300.0,
+        default=86400.0,
         metadata=_doc(
             "Seconds a discovered (not joined) node stays listed as down before removal."
         ),

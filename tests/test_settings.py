@@ -24,7 +24,7 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     assert settings.port == 4002
     assert settings.heartbeat_interval == 3.0
     assert settings.log_level == "debug"
-    assert settings.reap_after == 300.0
+    assert settings.reap_after == 86400.0
     assert settings.ttl == 15.0
 
 
