@@ -31,8 +31,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from signet_cluster.auth import Presented, ReplayCache, Signer, Verifier
-from signet_cluster.keyring import generate_secret, load_secret_file, new_key
+from signet_cluster.security.keyring import generate_secret, load_secret_file, new_key
+from signet_cluster.security.signing import Presented, ReplayCache, Signer, Verifier
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -40,7 +40,7 @@ HOST = "127.0.0.1"
 
 def in_process(iterations: int) -> dict[str, Any]:
     key = new_key(generate_secret(), "k1")
-    from signet_cluster.keyring import Keyring
+    from signet_cluster.security.keyring import Keyring
 
     ring = Keyring(keys=(key,), primary=key.id)
     signer = Signer(lambda: ring, "node-a", wall=time.time)

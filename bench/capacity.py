@@ -373,8 +373,8 @@ async def registry_facts(port: int) -> dict[str, Any]:
 
 
 async def run_one(root: Path, n: int, args: argparse.Namespace, secret: Path) -> dict[str, Any]:
-    from signet_cluster.auth import Signer
-    from signet_cluster.keyring import load_secret_file
+    from signet_cluster.security.keyring import load_secret_file
+    from signet_cluster.security.signing import Signer
 
     keyring = load_secret_file(secret)
     signers: dict[str, Signer] = {}
@@ -470,7 +470,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="signet-capacity-") as tmp:
         root = Path(tmp)
         secret = root / "cluster.key"
-        from signet_cluster.keyring import generate_secret
+        from signet_cluster.security.keyring import generate_secret
 
         secret.write_text(generate_secret() + "\n")
         secret.chmod(0o600)

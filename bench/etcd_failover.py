@@ -41,7 +41,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.app import make_app
-from sidecar.etcd_backend import ETCD as ETCD_BACKEND
+from sidecar.etcd.backend import ETCD as ETCD_BACKEND
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
 from signet_cluster.logconfig import configure_logging
 from signet_cluster.settings import Settings

@@ -37,8 +37,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from signet_cluster.auth import Signer
-from signet_cluster.keyring import Keyring, generate_secret, load_secret_file, new_key
+from signet_cluster.security.keyring import Keyring, generate_secret, load_secret_file, new_key
+from signet_cluster.security.signing import Signer
 
 PY = sys.executable
 HOST = "127.0.0.1"

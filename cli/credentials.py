@@ -20,11 +20,17 @@ from typing import Any
 
 import attrs
 
-from signet_cluster.auth import CLI_NODE_ID, Signer
 from signet_cluster.errors import ConfigError
-from signet_cluster.keyring import Key, Keyring, derive_key_id, load_configured, secret_problem
+from signet_cluster.security.keyring import (
+    Key,
+    Keyring,
+    derive_key_id,
+    load_configured,
+    secret_problem,
+)
+from signet_cluster.security.signing import CLI_NODE_ID, Signer
+from signet_cluster.security.tls import TlsManager
 from signet_cluster.settings import ENV_PREFIX, read_toml
-from signet_cluster.tls import TlsManager
 
 from .client import CliError
 

@@ -21,7 +21,7 @@ import attrs
 import click
 import yaml
 
-from signet_cluster.keyring import generate_secret
+from signet_cluster.security.keyring import generate_secret
 
 from .client import CliError, run_async
 

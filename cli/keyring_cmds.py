@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from signet_cluster.errors import ConfigError
-from signet_cluster.keyring import (
+from signet_cluster.security.keyring import (
     Keyring,
     generate_secret,
     load_keyring_file,
@@ -249,7 +249,7 @@ def remove(key_id: str, keyring_file: Path | None, config_file: Path | None, as_
 def key_summary(secret_file: str | None, keyring_file: str | None) -> str | None:
     """For `check-config`: the configured key ids (never secrets), or a CliError when the
     key file cannot be used; None when no key is configured."""
-    from signet_cluster.keyring import load_configured
+    from signet_cluster.security.keyring import load_configured
 
     try:
         ring = load_configured(secret_file, keyring_file)

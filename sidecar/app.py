@@ -8,39 +8,31 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from sidecar import keys
+from sidecar.control import admin_api, cluster_api, routing_api
+from sidecar.etcd.backend import etcd_ctx
+from sidecar.federation import contribute
+from sidecar.membership import admin_sync
+from sidecar.membership.coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
+from sidecar.membership.failsafe import failsafe_ctx
+from sidecar.membership.heartbeat import heartbeat_ctx
+from sidecar.membership.identity import NodeIdentity
+from sidecar.membership.peers import PeerClient
+from sidecar.membership.view import Membership
+from sidecar.membership.watcher import watcher_ctx
+from sidecar.memory.handoff import handoff_ctx
+from sidecar.memory.passthrough import add_passthrough
+from sidecar.memory.proxy import proxy_ctx
+from sidecar.middlewares import errors, request_context
+from sidecar.ops import health, metrics, openapi, topology
+from sidecar.pipeline.routes import add_memory_api
+from sidecar.security.auth import AuthState, auth_ctx, authenticate
+from sidecar.security.auth import routes as auth_routes
+from sidecar.security.limits import body_limits
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.registry import Registry
 from signet_cluster.settings import Settings
 from signet_cluster.state import StateStore
-
-from . import (
-    admin_api,
-    admin_sync,
-    cluster_api,
-    contribute,
-    health,
-    keys,
-    metrics,
-    openapi,
-    routing_api,
-    topology,
-)
-from .auth import AuthState, auth_ctx, authenticate
-from .auth import routes as auth_routes
-from .coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
-from .etcd_backend import etcd_ctx
-from .failsafe import failsafe_ctx
-from .handoff import handoff_ctx
-from .heartbeat import heartbeat_ctx
-from .identity import NodeIdentity
-from .limits import body_limits
-from .membership import Membership
-from .memory_routes import add_memory_api
-from .middlewares import errors, request_context
-from .passthrough import add_passthrough
-from .peers import PeerClient
-from .proxy import proxy_ctx
-from .watcher import watcher_ctx
 
 # Cluster messages are small; a heartbeat with the maximum 1,000 agents is about 150 KiB
 # (the limit is the max_body_bytes setting, default 1 MiB).

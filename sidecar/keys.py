@@ -8,18 +8,19 @@ import aiohttp
 from aiohttp import web
 
 from signet_cluster.clock import Clock
+from signet_cluster.protocol import SpoolSummary
 from signet_cluster.registry import Registry
 from signet_cluster.settings import Settings
 from signet_cluster.state import StateStore
 
 if TYPE_CHECKING:
-    from .auth import AuthState
-    from .identity import NodeIdentity
-    from .membership import Membership
-    from .metrics import Metrics
-    from .peers import PeerClient
-    from .proxy import ProxyState
-    from .watcher import DaemonWatcher
+    from sidecar.membership.identity import NodeIdentity
+    from sidecar.membership.peers import PeerClient
+    from sidecar.membership.view import Membership
+    from sidecar.membership.watcher import DaemonWatcher
+    from sidecar.memory.proxy import ProxyState
+    from sidecar.ops.metrics import Metrics
+    from sidecar.security.auth import AuthState
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
@@ -33,5 +34,13 @@ WATCHER: web.AppKey[DaemonWatcher] = web.AppKey("watcher")
 PEERS: web.AppKey[PeerClient] = web.AppKey("peers")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 AUTH: web.AppKey[AuthState] = web.AppKey("auth")
-# The memory API and federation (sidecar/proxy.py).
+# The memory API and federation (sidecar/memory/proxy.py).
 PROXY: web.AppKey[ProxyState] = web.AppKey("proxy")
+# The spool as the last heartbeat should describe it (refreshed by sidecar.memory.handoff
+# after every change; read by the heartbeat and status without depending on the spool).
+SPOOL_SUMMARY = web.AppKey("spool_summary", list[SpoolSummary])
+
+
+def current_summary(app: web.Application) -> SpoolSummary | None:
+    holder = app.get(SPOOL_SUMMARY)
+    return holder[0] if holder else None

@@ -12,12 +12,11 @@ from contextlib import suppress
 import structlog
 from aiohttp import web
 
+from sidecar import keys
+from sidecar.app import make_app
+from sidecar.security.limits import server_options
 from signet_cluster.clock import Clock
 from signet_cluster.settings import Settings
-
-from . import keys
-from .app import make_app
-from .limits import server_options
 
 log = structlog.get_logger("signet_cluster.sidecar")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from .protocol import valid_agent_id, valid_http_url, valid_node_id
+from signet_cluster.protocol import valid_agent_id, valid_http_url, valid_node_id
 
 MEMBERSHIP_STATES = ("joined", "removed")
 

@@ -16,7 +16,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.preconf.json import make_converter
 
-from .errors import ValidationFailed
+from signet_cluster.errors import ValidationFailed
 
 T = TypeVar("T")
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import attrs
 
-from .converter import structure
-from .ownership import MemoryOwner
-from .protocol import AgentInfo, Collision, DaemonInfo, PeerView, RouteEntry
-from .visibility import may_contribute
+from signet_cluster.converter import structure
+from signet_cluster.daemon.ownership import MemoryOwner
+from signet_cluster.daemon.visibility import may_contribute
+from signet_cluster.protocol import AgentInfo, Collision, DaemonInfo, PeerView, RouteEntry
 
 LOCAL_AGENT = "default"
 

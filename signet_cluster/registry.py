@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import attrs
 
-from .clock import Clock
-from .protocol import (
+from signet_cluster.clock import Clock
+from signet_cluster.protocol import (
     AgentInfo,
     Collision,
     DaemonInfo,

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError
+from signet_cluster.errors import ConfigError
 
 ENV_PREFIX = "SIGNET_CLUSTER_"
 DEFAULT_PORT = 3860
@@ -95,7 +95,7 @@ class Settings:
     daemon_timeout: float = attrs.field(
         default=10.0, metadata=_doc("Timeout in seconds for calls to the local daemon.")
     )
-    # -- routing and federation (sidecar/memory_routes.py, sidecar/federation.py) -----------
+    # -- routing and federation (sidecar/pipeline/routes.py, sidecar/federation/fanout.py) -----------
     forward_timeout: float = attrs.field(
         default=10.0,
         metadata=_doc("Seconds a request routed to the agent's owner (another sidecar) may take."),
@@ -145,7 +145,7 @@ class Settings:
     log_format: str = attrs.field(
         default="auto", metadata=_doc("auto (console on a terminal, else JSON), console or json.")
     )
-    # -- security (see sidecar/auth.py); secrets live in files and are never printed --------
+    # -- security (see sidecar/security/auth.py); secrets live in files and are never printed --------
     secret_file: str | None = attrs.field(
         default=None,
         metadata=_doc("File holding the cluster secret (`signet-cluster keygen --out FILE`)."),

@@ -18,7 +18,7 @@ from typing import TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .admin import AdminState, Adoption, NodeDecision, merge
+from signet_cluster.admin import AdminState, Adoption, NodeDecision, merge
 
 T = TypeVar("T")
 

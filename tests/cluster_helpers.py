@@ -23,11 +23,11 @@ from yarl import URL
 
 from sidecar import keys
 from sidecar.app import make_app
-from sidecar.limits import server_options
-from signet_cluster.auth import Signer
+from sidecar.security.limits import server_options
 from signet_cluster.clock import Clock
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
-from signet_cluster.keyring import Keyring, new_key, save_keyring
+from signet_cluster.security.keyring import Keyring, new_key, save_keyring
+from signet_cluster.security.signing import Signer
 from signet_cluster.settings import Settings
 
 # The key every test cluster shares; conftest.py also puts it in SIGNET_CLUSTER_SECRET so a

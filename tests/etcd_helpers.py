@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.etcd_backend import ETCD, EtcdBackend
-from signet_cluster.etcd import EtcdClient
+from sidecar.etcd.backend import ETCD, EtcdBackend
+from signet_cluster.etcd.client import EtcdClient
 
 from .cluster_helpers import Cluster, Node, free_port, wait_for
 

@@ -22,7 +22,7 @@ import aiohttp
 import attrs
 import yaml
 
-from signet_cluster.keyring import generate_secret
+from signet_cluster.security.keyring import generate_secret
 
 _LAB_COUNTER = itertools.count()
 SIDECAR_PORT = 3860

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from cli.main import cli
-from signet_cluster.keyring import derive_key_id, load_keyring_file
+from signet_cluster.security.keyring import derive_key_id, load_keyring_file
 
 
 def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:

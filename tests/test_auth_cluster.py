@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from sidecar import keys
-from signet_cluster.auth import Signer
 from signet_cluster.clock import ManualClock
-from signet_cluster.keyring import Keyring, load_keyring_file, new_key, save_keyring
+from signet_cluster.security.keyring import Keyring, load_keyring_file, new_key, save_keyring
+from signet_cluster.security.signing import Signer
 
 from .cluster_helpers import Cluster, Node, free_port, registry_of, wait_for
 

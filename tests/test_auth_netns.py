@@ -27,8 +27,8 @@ ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
 
 CLIENT = r"""
 import json, sys, time, urllib.request, urllib.error
-from signet_cluster.auth import Signer
-from signet_cluster.keyring import new_key, Keyring
+from signet_cluster.security.signing import Signer
+from signet_cluster.security.keyring import new_key, Keyring
 url, secret = sys.argv[1], sys.argv[2]
 body = json.dumps({"query": "launch codes", "agentId": "alice"}).encode()
 key = new_key(secret)

@@ -1,4 +1,4 @@
-"""Signing and verification (signet_cluster.auth): round trips, tampering, replay, skew,
+"""Signing and verification (signet_cluster.security.signing): round trips, tampering, replay, skew,
 key rotation and header parsing, as properties over random input (hypothesis)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signet_cluster.auth import (
+from signet_cluster.security.keyring import Key, Keyring, new_key
+from signet_cluster.security.signing import (
     AUTH_HEADERS,
     NONCE_HEADER,
     SIGNATURE_HEADER,
@@ -20,7 +21,6 @@ from signet_cluster.auth import (
     Signer,
     Verifier,
 )
-from signet_cluster.keyring import Key, Keyring, new_key
 
 NOW = 1_795_000_000.0
 K1 = new_key("a" * 40, "k1")

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from signet_cluster.admin import AdminState
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import ConfigError, ValidationFailed
-from signet_cluster.keyring import parse_keyring
 from signet_cluster.protocol import (
     AdoptRequest,
     AgentInfo,
@@ -25,6 +24,7 @@ from signet_cluster.protocol import (
     PromoteRequest,
     ProtocolRange,
 )
+from signet_cluster.security.keyring import parse_keyring
 
 MESSAGES = [Heartbeat, JoinRequest, AdoptRequest, PromoteRequest, CoordinatorsUpdate, AdminState]
 

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from sidecar import keys
-from sidecar.coordinator import COORDINATOR
+from sidecar.membership.coordinator import COORDINATOR
 from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster, Node, registry_of, wait_for

@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from sidecar import metrics
 from sidecar.app import make_app
+from sidecar.ops import metrics
 from signet_cluster.settings import FIELDS, Settings, env_name
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 LINES = README.splitlines()
 SECTIONS = ("Install", "Configure", "Operate", "Troubleshoot")
 
@@ -109,3 +110,16 @@ def test_every_command_has_help() -> None:
         assert result.exit_code == 0, (name, result.output)
         first = (command.help or "").strip().splitlines()[0][:30]
         assert first in " ".join(result.output.split()), name
+
+
+def test_architecture_names_only_modules_that_exist() -> None:
+    """Every dotted module name in ARCHITECTURE.md's backquotes is a real module or package."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    names = set(re.findall(r"`((?:signet_cluster|sidecar|cli)(?:\.[a-z_0-9]+)*)", text))
+    assert len(names) > 40
+    missing = []
+    for name in sorted(names):
+        base = ROOT / name.replace(".", "/")
+        if not (base.with_suffix(".py").exists() or (base / "__init__.py").exists()):
+            missing.append(name)
+    assert not missing, f"ARCHITECTURE.md names modules that do not exist: {missing}"

@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from sidecar import keys
-from sidecar.etcd_admin import set_adoption
-from signet_cluster.etcd import EtcdClient
+from sidecar.etcd.admin import set_adoption
+from signet_cluster.etcd.client import EtcdClient
 
 from .cluster_helpers import Cluster, Node, free_port, wait_for, write_roster
 from .etcd_helpers import (

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from signet_cluster.etcd import (
+from signet_cluster.etcd.client import (
     Compare,
     Delete,
     EtcdClient,

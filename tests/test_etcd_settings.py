@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.etcd_backend import call_timeout, lease_ttl, renew_interval
+from sidecar.etcd.backend import call_timeout, lease_ttl, renew_interval
 from signet_cluster.errors import ConfigError
 from signet_cluster.settings import Settings, load_settings
 

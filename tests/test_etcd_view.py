@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import attrs
 
-from sidecar.etcd_view import EtcdCache, Layout, MemberRecord, OwnerRecord, build_view, encode
+from sidecar.etcd.view import EtcdCache, Layout, MemberRecord, OwnerRecord, build_view, encode
 from signet_cluster.clock import ManualClock
-from signet_cluster.etcd import KeyValue
+from signet_cluster.etcd.client import KeyValue
 from signet_cluster.protocol import (
     AgentInfo,
     DaemonInfo,

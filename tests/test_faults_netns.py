@@ -18,8 +18,8 @@ import attrs
 import pytest
 from yarl import URL
 
-from signet_cluster.auth import Signer
-from signet_cluster.keyring import load_secret_file
+from signet_cluster.security.keyring import load_secret_file
+from signet_cluster.security.signing import Signer
 
 from .cluster_helpers import wait_for
 from .netns_lab import LabNode, NetnsLab, netns_unavailable

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sidecar import coordinator
+from sidecar.membership import coordinator
 
 from .cluster_helpers import Cluster, Node, registry_of
 

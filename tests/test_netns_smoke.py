@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from signet_cluster.auth import Signer
-from signet_cluster.keyring import load_secret_file
+from signet_cluster.security.keyring import load_secret_file
+from signet_cluster.security.signing import Signer
 
 from .cluster_helpers import wait_for
 from .netns_lab import NetnsLab, netns_unavailable

@@ -14,9 +14,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
 from sidecar import keys
-from sidecar.openapi import OPENAPI_PATH, build_document
-from signet_cluster.auth import Signer
-from signet_cluster.keyring import Keyring
+from sidecar.ops.openapi import OPENAPI_PATH, build_document
+from signet_cluster.security.keyring import Keyring
+from signet_cluster.security.signing import Signer
 
 from .cluster_helpers import Cluster, Node
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from signet_cluster.ownership import MemoryOwner, MemoryOwnership, OwnershipUnavailable
+from signet_cluster.daemon.ownership import MemoryOwner, MemoryOwnership, OwnershipUnavailable
 
 from .devdaemon_helpers import GOLDEN_ROSTER, ClientFactory, call, start_daemon
 

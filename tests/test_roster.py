@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from signet_cluster.roster import (
+from signet_cluster.daemon.roster import (
     RosterEntry,
     discover_agent_dirs,
     normalize_roster_entry,

@@ -7,8 +7,8 @@ import asyncio
 import json
 
 from sidecar import keys
-from sidecar.membership import ClusterView
-from sidecar.peers import HOP_HEADER
+from sidecar.membership.peers import HOP_HEADER
+from sidecar.membership.view import ClusterView
 from signet_cluster.protocol import AgentInfo, DaemonInfo, PeerView, RouteEntry
 
 from .cluster_helpers import Cluster, Node

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from sidecar.h1client import H1Error, H1Pool
+from sidecar.memory.h1client import H1Error, H1Pool
 
 Reply = Callable[[bytes], bytes | None]
 

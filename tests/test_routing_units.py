@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from signet_cluster.adapt import plan_request, search_as_recall_body
-from signet_cluster.agent_resolution import RouteKind, resolve_agent
 from signet_cluster.breaker import Breakers
-from signet_cluster.ownership import MemoryOwner
+from signet_cluster.daemon.adapt import plan_request, search_as_recall_body
+from signet_cluster.daemon.agent_resolution import RouteKind, resolve_agent
+from signet_cluster.daemon.ownership import MemoryOwner
+from signet_cluster.daemon.visibility import contributing_agents, live_policies, may_contribute
 from signet_cluster.protocol import AgentInfo
-from signet_cluster.visibility import contributing_agents, live_policies, may_contribute
 
 
 def _resolve(kind: RouteKind, body: Any = None, query: Any = None, headers: Any = None) -> str:

@@ -9,9 +9,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sidecar.handoff import SPOOL
+from sidecar.memory.handoff import SPOOL
 from signet_cluster.clock import ManualClock
-from signet_cluster.keyring import generate_secret, new_key, save_keyring
+from signet_cluster.security.keyring import generate_secret, new_key, save_keyring
 
 from .cluster_helpers import Cluster, Node, registry_of, wait_for
 from .routing_helpers import ALICE, BOB, client, daemon_requests, db_rows, set_faults, wait_routes

@@ -18,7 +18,7 @@ import trustme
 
 from sidecar import keys
 from signet_cluster.errors import ConfigError
-from signet_cluster.tls import TlsManager
+from signet_cluster.security.tls import TlsManager
 
 from .cluster_helpers import Cluster, Node, registry_of, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from sidecar.topology import topology
+from sidecar.ops.topology import topology
 
 from .cluster_helpers import Cluster
 
@@ -67,7 +67,7 @@ async def test_page_and_assets_are_served_self_contained(cluster: Cluster) -> No
     async with cluster.session.get(a.url + "/cluster/static/nope.js") as resp:
         assert resp.status == 404
     for name in ("cluster.html", "cluster.js", "cluster.css"):
-        text = resources.files("sidecar.static").joinpath(name).read_text()
+        text = resources.files("sidecar.ops.static").joinpath(name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text), name
         assert "innerHTML" not in text, name  # cluster data is inserted as text only
 

@@ -2,6 +2,9 @@
 
 Tests, benchmarks and ``signet-cluster demo`` run on it; its fidelity is checked against
 responses recorded from real daemons (``tests/golden/``).
+
+May import: `signet_cluster` (core, `daemon.roster`). Nothing in `sidecar` imports it: it is
+a separate program that only speaks HTTP to the sidecar, as a real daemon does.
 """
 
 from .app import make_devdaemon_app, serve_devdaemon

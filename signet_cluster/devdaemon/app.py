@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from signet_cluster.roster import read_yaml_roster
+from signet_cluster.daemon.roster import read_yaml_roster
 
 from . import routes_misc, routes_read, routes_write
 from .config import DevDaemonConfig

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signet_cluster.roster import load_manifest
+from signet_cluster.daemon.roster import load_manifest
 
 from . import status as payloads
 from .http import (

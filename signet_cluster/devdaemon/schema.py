@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from signet_cluster.roster import RosterEntry
+from signet_cluster.daemon.roster import RosterEntry
 
 from .config import DevDaemonConfig
 from .util import Clock

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signet_cluster.roster import load_manifest
+from signet_cluster.daemon.roster import load_manifest
 
 from .config import CHUNK_TARGET_CHARS, MAX_CONTENT_CHARS, RECALL_TRUNCATE_CHARS
 from .state import DaemonState

@@ -1,0 +1,214 @@
+"""Operator actions on the cluster: join, remove, adopt and promote. Each decision is
+persisted, applied and replicated to every coordinator (sidecar.membership.admin_sync)."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from sidecar import keys
+from sidecar.bodies import read_json
+from sidecar.etcd.admin import refuse_with_etcd, remove_node, set_adoption
+from sidecar.etcd.backend import ETCD
+from sidecar.membership.admin_sync import pull, record_decision
+from sidecar.membership.coordinator import COORDINATOR, coordinator_urls, require_coordinator
+from signet_cluster.admin import AdminState, Adoption, NodeDecision
+from signet_cluster.converter import structure, unstructure
+from signet_cluster.errors import (
+    ClusterError,
+    PeerUnreachable,
+    ProtocolMismatch,
+    ValidationFailed,
+)
+from signet_cluster.protocol import (
+    AdoptRequest,
+    CoordinatorsUpdate,
+    JoinRequest,
+    NodeInfo,
+    PromoteRequest,
+)
+
+log = structlog.get_logger("signet_cluster.admin")
+routes = web.RouteTableDef()
+
+
+def normalise_address(address: str) -> str:
+    address = address.strip().rstrip("/")
+    if not address:
+        raise ValidationFailed(["address: must be HOST:PORT or an http(s) URL"])
+    if "://" not in address:
+        address = "http://" + address
+    scheme, rest = address.split("://", 1)
+    if scheme not in ("http", "https") or not rest or "/" in rest or " " in rest:
+        raise ValidationFailed(
+            [f"address: {address!r} is not HOST:PORT or an http(s)://HOST:PORT URL"]
+        )
+    host_port = rest.rsplit(":", 1)
+    if len(host_port) != 2 or not host_port[1].isdigit() or not 0 < int(host_port[1]) < 65536:
+        raise ValidationFailed([f"address: {address!r} needs a port (HOST:PORT)"])
+    return address
+
+
+async def tell(app: web.Application, url: str, update: CoordinatorsUpdate) -> str | None:
+    """Best-effort coordinator update to a member; returns an error text or None."""
+    try:
+        response = await app[keys.PEERS].call(
+            "POST", url, "/api/cluster/coordinators", unstructure(update)
+        )
+    except PeerUnreachable as exc:
+        return exc.message
+    return None if response.status == 200 else f"{url} answered {response.status}"
+
+
+@routes.post("/api/cluster/join")
+async def join(request: web.Request) -> web.Response:
+    """Probe a sidecar, record it as a joined member (persisted, replicated to every
+    coordinator), and tell it to heartbeat to the coordinators."""
+    app = request.app
+    refuse_with_etcd(app, "join")
+    require_coordinator(app)
+    body = structure(await read_json(request), JoinRequest)
+    url = normalise_address(body.address)
+    try:
+        probe = await app[keys.PEERS].call("GET", url, "/api/cluster/info")
+    except PeerUnreachable as exc:
+        raise PeerUnreachable(f"cannot reach a sidecar at {url}: {exc.message}") from None
+    if probe.status != 200:
+        raise PeerUnreachable(
+            f"{url} answered /api/cluster/info with {probe.status}; is it a signet-cluster sidecar?"
+        )
+    try:
+        info = structure(probe.body, NodeInfo)
+    except ClusterError as exc:
+        raise PeerUnreachable(f"{url} is not a compatible sidecar: {exc.message}") from None
+    ours = app[keys.IDENTITY].protocol
+    if ours.negotiate(info.protocol) is None:
+        raise ProtocolMismatch(
+            f"{url} speaks protocol {info.protocol.min}-{info.protocol.max}, "
+            f"this coordinator {ours.min}-{ours.max}",
+            details={"supported": unstructure(ours)},
+        )
+    if info.node_id == app[keys.IDENTITY].node_id:
+        raise ValidationFailed([f"{url} is this coordinator itself"])
+    record = app[keys.REGISTRY].record(info.node_id)
+    already_joined = record is not None and record.joined
+    decision = NodeDecision(
+        node_id=info.node_id, url=info.url, state="joined", at=app[keys.CLOCK].time()
+    )
+    await record_decision(app, AdminState(nodes=(decision,)))
+    told = await tell(app, info.url, CoordinatorsUpdate(add=coordinator_urls(app)))
+    log.info("peer_joined", node_id=info.node_id, url=info.url, already_joined=already_joined)
+    return web.json_response(
+        {
+            "node_id": info.node_id,
+            "url": info.url,
+            "joined": True,
+            "already_joined": already_joined,
+            "told_to_heartbeat": told is None,
+            "warning": told,
+        }
+    )
+
+
+@routes.delete("/api/cluster/peers/{node}")
+async def remove(request: web.Request) -> web.Response:
+    """Forget a node (by node id, URL, HOST:PORT or a host with one node). Idempotent."""
+    app = request.app
+    if ETCD in app:  # membership lives in etcd: any sidecar can change it
+        return web.json_response(await remove_node(app[ETCD], request.match_info["node"]))
+    require_coordinator(app)
+    needle = request.match_info["node"]
+    registry = app[keys.REGISTRY]
+    if needle in (app[keys.IDENTITY].node_id, app[keys.IDENTITY].url):
+        raise ValidationFailed(["a coordinator cannot remove itself"])
+    record = registry.find(needle)
+    if record is None:
+        matches = registry.matches(needle)
+        if len(matches) > 1:
+            raise ValidationFailed(
+                [
+                    f"{needle!r} matches several nodes ({', '.join(matches)}); give the node id or HOST:PORT"
+                ]
+            )
+        return web.json_response({"node": needle, "removed": False, "known": False})
+    node_id, url = record.node_id, record.url
+    if record.state == "alive" and record.heartbeat is not None and record.heartbeat.coordinator:
+        # It would keep its role and registry, without itself in it; a dead one may go.
+        raise ValidationFailed(
+            [
+                f"node {node_id!r} is a live coordinator: demote it first "
+                f"(`signet-cluster --sidecar {url} promote --demote`), then remove it"
+            ]
+        )
+    decision = NodeDecision(node_id=node_id, url=url, state="removed", at=app[keys.CLOCK].time())
+    await record_decision(app, AdminState(nodes=(decision,)))
+    told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app)))
+    log.info("peer_removed", node_id=node_id, url=url)
+    return web.json_response(
+        {
+            "node": needle,
+            "node_id": node_id,
+            "url": url,
+            "removed": True,
+            "known": True,
+            "warning": told,
+        }
+    )
+
+
+@routes.post("/api/cluster/adopt")
+async def adopt(request: web.Request) -> web.Response:
+    """Make NODE the owner of a contested AGENT on every coordinator (or clear that)."""
+    app = request.app
+    body = structure(await read_json(request), AdoptRequest)
+    if ETCD in app:
+        # With the etcd backend the adoption is a key in etcd, seen by every sidecar.
+        return web.json_response(await set_adoption(app[ETCD], body.agent_id, body.node_id))
+    require_coordinator(app)
+    registry = app[keys.REGISTRY]
+    claimants = sorted(
+        p.node_id for p in registry.peers() if any(a.id == body.agent_id for a in p.agents)
+    )
+    if body.agent_id == "default":
+        raise ValidationFailed(
+            ["agent_id: `default` is local to every node and has no owner to adopt"]
+        )
+    if body.node_id is not None and body.node_id not in claimants:
+        hint = f"nodes hosting it: {', '.join(claimants)}" if claimants else "no node hosts it"
+        raise ValidationFailed(
+            [f"node {body.node_id!r} does not host agent {body.agent_id!r} ({hint})"]
+        )
+    decision = Adoption(agent_id=body.agent_id, node_id=body.node_id, at=app[keys.CLOCK].time())
+    await record_decision(app, AdminState(adoptions=(decision,)))
+    routes_, _collisions = registry.routing()
+    owner = next((r.node_id for r in routes_ if r.agent_id == body.agent_id), None)
+    log.info("agent_adopted", agent_id=body.agent_id, node_id=body.node_id, owner=owner)
+    return web.json_response(
+        {
+            "agent_id": body.agent_id,
+            "adopted_by": body.node_id,
+            "owner": owner,
+            "claimants": claimants,
+        }
+    )
+
+
+@routes.post("/api/cluster/promote")
+async def promote(request: web.Request) -> web.Response:
+    """Make this sidecar a coordinator (or stop being one) at run time; persisted."""
+    app = request.app
+    refuse_with_etcd(app, "promote")
+    body = structure(await read_json(request), PromoteRequest)
+    identity = app[keys.IDENTITY]
+    was = identity.coordinator
+    await app[keys.STATE].set_meta("coordinator", "1" if body.coordinator else "0")
+    identity.coordinator = body.coordinator
+    if body.coordinator and not was:
+        # Its registry is rebuilt from the heartbeats that now arrive: warming for a TTL.
+        app[COORDINATOR].since = app[keys.CLOCK].monotonic()
+        # Catch up on operator decisions before answering heartbeats as a coordinator.
+        await pull(app)
+    log.info("coordinator_role", coordinator=body.coordinator, was=was)
+    return web.json_response(
+        {"node_id": identity.node_id, "coordinator": body.coordinator, "was": was}
+    )

@@ -1,0 +1,239 @@
+"""The sidecar's own cluster API under /api/cluster/: heartbeats, status, join and remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from sidecar import keys
+from sidecar.bodies import read_json
+from sidecar.etcd.backend import ETCD
+from sidecar.keys import current_summary
+from sidecar.membership.coordinator import (
+    accept_heartbeat,
+    coordinator_urls,
+    encode_reply,
+    require_coordinator,
+)
+from sidecar.security.auth import require_sender
+from signet_cluster.converter import structure, structure_json, unstructure
+from signet_cluster.errors import (
+    ClusterError,
+    NotFound,
+    PeerUnreachable,
+)
+from signet_cluster.protocol import (
+    CoordinatorsUpdate,
+    Heartbeat,
+    PeerView,
+)
+
+log = structlog.get_logger("signet_cluster.cluster_api")
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/cluster/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    received = request.app[keys.METRICS].heartbeats_received
+    try:
+        message = structure_json(await request.read(), Heartbeat)
+        # A node may only describe itself (and so only claim agents for itself).
+        require_sender(request, message.node_id)
+        reply = accept_heartbeat(request.app, message)
+    except ClusterError as exc:
+        received.labels(outcome=exc.code).inc()
+        raise
+    received.labels(outcome="accepted").inc()
+    accepts = request.headers.get("Accept-Encoding", "")
+    body, encoding = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
+    response = web.Response(body=body, content_type="application/json")
+    if encoding is not None:
+        response.headers["Content-Encoding"] = encoding
+    return response
+
+
+@routes.get("/api/cluster/info")
+async def info(request: web.Request) -> web.Response:
+    app = request.app
+    return web.json_response(unstructure(app[keys.IDENTITY].info(app[keys.WATCHER].snapshot)))
+
+
+def self_view(app: web.Application) -> PeerView:
+    identity = app[keys.IDENTITY]
+    snapshot = app[keys.WATCHER].snapshot
+    return PeerView(
+        node_id=identity.node_id,
+        url=identity.url,
+        state="alive",
+        joined=False,
+        coordinator=identity.coordinator,
+        protocol=identity.protocol.max,
+        sidecar_version=identity.sidecar_version,
+        instance_id=identity.instance_id,
+        daemon=snapshot.info(),
+        agents=snapshot.agents,
+        last_seen_age_s=0.0,
+    )
+
+
+def spool_status(app: web.Application) -> dict[str, Any] | None:
+    summary = current_summary(app)
+    if summary is None:
+        return None
+    body: dict[str, Any] = unstructure(summary)
+    oldest = summary.oldest_at
+    body["oldest_age_s"] = round(max(0.0, app[keys.CLOCK].time() - oldest), 1) if oldest else None
+    return body
+
+
+def local_status(app: web.Application) -> dict[str, Any]:
+    """This sidecar's own answer: its registry on a coordinator, else its last copy."""
+    identity = app[keys.IDENTITY]
+    membership = app[keys.MEMBERSHIP]
+    now = app[keys.CLOCK].monotonic()
+    body: dict[str, Any] = {
+        "node_id": identity.node_id,
+        "url": identity.url,
+        "coordinator": identity.coordinator,
+        "sidecar_version": identity.sidecar_version,
+        "protocol": unstructure(identity.protocol),
+        "answered_by": identity.node_id,
+        "local": {
+            "daemon": unstructure(app[keys.WATCHER].snapshot.info()),
+            "agents": unstructure(app[keys.WATCHER].snapshot.agents),
+            "spool": spool_status(app),
+        },
+        "coordinator_contacts": [
+            membership.contact(u).summary(now)
+            for u in [*membership.targets(), *membership.told_to_stop()]
+            if u != membership.self_url
+        ],
+    }
+    if ETCD in app:
+        body["etcd"] = app[ETCD].summary()
+    if identity.coordinator:
+        registry = app[keys.REGISTRY]
+        routes_, collisions = registry.routing()
+        body.update(
+            view={
+                "source": "registry",
+                "registry_version": registry.version,
+                "age_s": 0.0,
+                "stale": False,
+            },
+            nodes=unstructure(registry.peers()),
+            routes=unstructure(routes_),
+            collisions=unstructure(collisions),
+            coordinators=list(coordinator_urls(app)),
+            ttl_s=registry.ttl,
+        )
+        return body
+    view = membership.latest()
+    if view is None:
+        body.update(
+            view={"source": "standalone", "registry_version": None, "age_s": None, "stale": False},
+            nodes=[unstructure(self_view(app))],
+            routes=[],
+            collisions=[],
+            coordinators=list(membership.targets()),
+            ttl_s=app[keys.SETTINGS].ttl,
+        )
+        return body
+    age = now - view.received_at
+    nodes = list(view.peers)
+    if not any(p.node_id == identity.node_id for p in nodes):
+        nodes.append(self_view(app))
+    body.update(
+        view={
+            "source": view.source,
+            "registry_version": view.registry,
+            "age_s": round(age, 3),
+            "stale": age > app[keys.SETTINGS].ttl,
+            "failsafe": bool(membership.direct),
+        },
+        nodes=unstructure(sorted(nodes, key=lambda p: p.node_id)),
+        routes=unstructure(view.routes),
+        collisions=unstructure(view.collisions),
+        coordinators=sorted(set(view.coordinators) | set(membership.targets())),
+        ttl_s=app[keys.SETTINGS].ttl,
+    )
+    return body
+
+
+@routes.get("/api/cluster/status")
+async def status(request: web.Request) -> web.Response:
+    """The cluster as the freshest source sees it: a coordinator answers from its registry;
+    a member asks its coordinators and falls back to its own (possibly stale) copy."""
+    app = request.app
+    if request.query.get("local") == "1":
+        return web.json_response(local_status(app))
+    return web.json_response(await freshest_status(app))
+
+
+async def freshest_status(app: web.Application) -> dict[str, Any]:
+    """The status document (also behind the /cluster page): from the registry on a
+    coordinator, else from the first coordinator that answers, else the local copy."""
+    if app[keys.IDENTITY].coordinator:
+        return local_status(app)
+    membership = app[keys.MEMBERSHIP]
+    errors: list[str] = []
+    for url in membership.targets():
+        if url == membership.self_url:
+            continue  # configured as a coordinator, but not one now
+        try:
+            response = await app[keys.PEERS].call(
+                "GET", url, "/api/cluster/status", params={"local": "1"}
+            )
+        except PeerUnreachable as exc:
+            errors.append(exc.message)
+            continue
+        if (
+            response.status == 200
+            and isinstance(response.body, dict)
+            and response.body.get("coordinator")
+        ):
+            body: dict[str, Any] = response.body
+            body["asked"] = app[keys.IDENTITY].node_id
+            return body
+        errors.append(f"{url} answered {response.status}")
+    body = local_status(app)
+    if errors:
+        body["coordinator_errors"] = errors
+    return body
+
+
+@routes.post("/api/cluster/coordinators")
+async def update_coordinators(request: web.Request) -> web.Response:
+    """Member side of join/remove: start or stop heartbeating to the given coordinators."""
+    app = request.app
+    update = structure(await read_json(request), CoordinatorsUpdate)
+    membership = app[keys.MEMBERSHIP]
+    if update.add:
+        await membership.add(update.add)
+    if update.remove:
+        await membership.remove(update.remove)
+    log.info("coordinators_updated", add=list(update.add), remove=list(update.remove))
+    return web.json_response({"coordinators": membership.targets()})
+
+
+@routes.get("/api/cluster/peers/{node}")
+async def peer(request: web.Request) -> web.Response:
+    app = request.app
+    require_coordinator(app)
+    record = app[keys.REGISTRY].find(request.match_info["node"])
+    if record is None:
+        raise NotFound(f"no node {request.match_info['node']!r} in the registry")
+    views = [p for p in app[keys.REGISTRY].peers() if p.node_id == record.node_id]
+    return web.json_response(unstructure(views[0]))
+
+
+async def unknown_cluster_route(request: web.Request) -> web.Response:
+    raise NotFound(f"no such cluster API route: {request.method} {request.path}")
+
+
+def add_cluster_fallback(app: web.Application) -> None:
+    """`/api/cluster/*` is our namespace: an unknown path there is our JSON 404, never
+    passed through to the daemon. Registered after every cluster route, before the catch-all."""
+    app.router.add_route("*", "/api/cluster/{tail:.*}", unknown_cluster_route)

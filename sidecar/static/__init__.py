@@ -1,1 +1,0 @@
-"""The /cluster topology page's files (package data, served by sidecar.topology)."""

@@ -1,0 +1,299 @@
+"""Signed requests between sidecars and from the CLI: HMAC-SHA256 with the cluster keyring.
+
+Pure and synchronous (no I/O, time passed in), so it is property-tested directly.
+
+A signed request carries five headers:
+
+| header | value |
+|---|---|
+| `x-signet-cluster-node` | the sending node's id (`cli` for the CLI) |
+| `x-signet-cluster-key` | id of the keyring key that signed |
+| `x-signet-cluster-ts` | send time, Unix milliseconds |
+| `x-signet-cluster-nonce` | 16-64 random characters `[A-Za-z0-9_-]`, never reused |
+| `x-signet-cluster-signature` | unpadded base64url HMAC-SHA256 of the canonical string |
+
+The canonical string is these lines joined by `\\n`: `signet-cluster-v1`, the method in upper
+case, the `Host` header in lower case (so a request cannot be replayed to another node), the
+path and query exactly as sent, the timestamp, the nonce, the node id, the key id, and the hex
+SHA-256 of the body. The verifier accepts a timestamp within `skew` seconds of its own clock and
+each nonce once; a nonce is remembered for the whole window, so a replay is refused until the
+timestamp is stale anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import re
+import secrets
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from signet_cluster.security.keyring import KEY_ID, Keyring
+
+VERSION = "signet-cluster-v1"
+NODE_HEADER = "x-signet-cluster-node"
+KEY_HEADER = "x-signet-cluster-key"
+TS_HEADER = "x-signet-cluster-ts"
+NONCE_HEADER = "x-signet-cluster-nonce"
+SIGNATURE_HEADER = "x-signet-cluster-signature"
+AUTH_HEADERS = (NODE_HEADER, KEY_HEADER, TS_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+CLI_NODE_ID = "cli"
+
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_TS = re.compile(r"^[0-9]{1,15}$")
+_SIGNATURE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class AuthFailure(Exception):
+    """A request that does not authenticate. `reason` is a stable code; `message` is safe to
+    send back (it never contains a secret or a signature)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@attrs.frozen
+class Verified:
+    node_id: str
+    key_id: str
+    ts_ms: int
+    nonce: str
+
+
+def body_sha256(body: bytes) -> str:
+    return EMPTY_BODY_SHA256 if not body else hashlib.sha256(body).hexdigest()
+
+
+def canonical(
+    *,
+    method: str,
+    host: str,
+    path_qs: str,
+    ts_ms: int,
+    nonce: str,
+    node_id: str,
+    key_id: str,
+    body_digest: str,
+) -> bytes:
+    parts = (VERSION, method.upper(), host.lower(), path_qs, str(ts_ms), nonce, node_id, key_id)
+    return ("\n".join(parts) + "\n" + body_digest).encode()
+
+
+def mac(secret: bytes, message: bytes) -> str:
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def new_nonce() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class Signer:
+    """Builds the signature headers for one outgoing request with the primary key.
+
+    `keyring` is a callable so a reloaded keyring is used from the next request on."""
+
+    def __init__(
+        self,
+        keyring: Callable[[], Keyring | None],
+        node_id: str,
+        *,
+        wall: Callable[[], float],
+        nonce: Callable[[], str] = new_nonce,
+    ) -> None:
+        self.keyring = keyring
+        self.node_id = node_id
+        self.wall = wall
+        self.nonce = nonce
+
+    def headers(self, method: str, host: str, path_qs: str, body: bytes) -> dict[str, str]:
+        """Signature headers, or {} when no keyring is configured."""
+        keyring = self.keyring()
+        if keyring is None:
+            return {}
+        key = keyring.primary_key
+        ts_ms = int(self.wall() * 1000)
+        nonce = self.nonce()
+        message = canonical(
+            method=method,
+            host=host,
+            path_qs=path_qs,
+            ts_ms=ts_ms,
+            nonce=nonce,
+            node_id=self.node_id,
+            key_id=key.id,
+            body_digest=body_sha256(body),
+        )
+        return {
+            NODE_HEADER: self.node_id,
+            KEY_HEADER: key.id,
+            TS_HEADER: str(ts_ms),
+            NONCE_HEADER: nonce,
+            SIGNATURE_HEADER: mac(key.secret, message),
+        }
+
+
+class ReplayCache:
+    """Nonces seen within the skew window, bounded in memory.
+
+    Entries leave when their timestamp falls out of the window. When the cache is full of
+    entries that are still inside the window, the oldest is dropped and its timestamp becomes
+    a floor: any request at or before the floor is refused as stale. So memory stays bounded
+    and a replay is never accepted; under a flood the effective window just shrinks.
+
+    A new cache knows nothing of what an earlier process accepted: start it with `floor_ms`
+    at the start time, so a request signed before a restart cannot be accepted again."""
+
+    def __init__(self, max_entries: int, window_ms: int, *, floor_ms: int = -1) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.window_ms = window_ms
+        self._seen: set[str] = set()
+        self._heap: list[tuple[int, str]] = []
+        self.floor_ms = floor_ms
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.window_ms
+        while self._heap and self._heap[0][0] < horizon:
+            _ts, nonce = heapq.heappop(self._heap)
+            self._seen.discard(nonce)
+
+    def check(self, nonce: str, ts_ms: int, now_ms: int) -> None:
+        """Raise AuthFailure if this nonce was seen or is past the floor (nothing is added)."""
+        self._expire(now_ms)
+        if nonce in self._seen:
+            raise AuthFailure("replayed", "this request was already received (nonce reused)")
+        if ts_ms <= self.floor_ms:
+            raise AuthFailure(
+                "stale",
+                "request timestamp is older than this sidecar can still check for replays "
+                "(replay cache full); resend with a fresh timestamp",
+            )
+
+    def add(self, nonce: str, ts_ms: int, now_ms: int) -> None:
+        self.check(nonce, ts_ms, now_ms)
+        while len(self._seen) >= self.max_entries:
+            oldest_ts, oldest = heapq.heappop(self._heap)
+            self._seen.discard(oldest)
+            self.floor_ms = max(self.floor_ms, oldest_ts)
+        self._seen.add(nonce)
+        heapq.heappush(self._heap, (ts_ms, nonce))
+
+
+@attrs.frozen
+class Presented:
+    """The signature headers of a request, syntax-checked."""
+
+    node_id: str
+    key_id: str
+    ts_ms: int
+    nonce: str
+    signature: str
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> Presented | None:
+        """None when the request carries none of the headers; AuthFailure when it carries
+        some or malformed ones (a half-signed request is never treated as unsigned)."""
+        values = {name: headers.get(name) for name in AUTH_HEADERS}
+        if all(v is None for v in values.values()):
+            return None
+        missing = [name for name, v in values.items() if not v]
+        if missing:
+            raise AuthFailure("malformed", f"signature headers missing: {', '.join(missing)}")
+        node, key, ts, nonce, signature = (str(values[n]) for n in AUTH_HEADERS)
+        problems = []
+        if not _NODE.match(node):
+            problems.append(f"{NODE_HEADER} is not a node id")
+        if not KEY_ID.match(key):
+            problems.append(f"{KEY_HEADER} is not a key id")
+        if not _TS.match(ts):
+            problems.append(f"{TS_HEADER} must be Unix time in milliseconds")
+        if not _NONCE.match(nonce):
+            problems.append(f"{NONCE_HEADER} must be 16-64 characters of [A-Za-z0-9_-]")
+        if not _SIGNATURE.match(signature):
+            problems.append(f"{SIGNATURE_HEADER} must be 43 characters of base64url")
+        if problems:
+            raise AuthFailure("malformed", "; ".join(problems))
+        return cls(node_id=node, key_id=key, ts_ms=int(ts), nonce=nonce, signature=signature)
+
+
+class Verifier:
+    """Checks signed requests against the keyring, the skew window and the replay cache."""
+
+    def __init__(
+        self, keyring: Callable[[], Keyring | None], *, skew_s: float, cache: ReplayCache
+    ) -> None:
+        self.keyring = keyring
+        self.skew_ms = int(skew_s * 1000)
+        self.cache = cache
+
+    def verify(
+        self,
+        presented: Presented,
+        *,
+        method: str,
+        host: str,
+        path_qs: str,
+        body: bytes,
+        now: float,
+    ) -> Verified:
+        keyring = self.keyring()
+        if keyring is None:
+            raise AuthFailure(
+                "no_keyring",
+                "this sidecar has no cluster key (secret_file/keyring_file), so it cannot "
+                "check signed requests",
+            )
+        secret = keyring.secret(presented.key_id)
+        if secret is None:
+            raise AuthFailure(
+                "unknown_key",
+                f"key {presented.key_id!r} is not installed on this sidecar "
+                "(install it with `signet-cluster keyring install`)",
+            )
+        now_ms = int(now * 1000)
+        off_ms = presented.ts_ms - now_ms
+        if abs(off_ms) > self.skew_ms:
+            raise AuthFailure(
+                "stale",
+                f"request timestamp is {off_ms / 1000:+.1f}s from this sidecar's clock "
+                f"(allowed ±{self.skew_ms / 1000:g}s); check the clocks (NTP) or resend",
+            )
+        expected = mac(
+            secret,
+            canonical(
+                method=method,
+                host=host,
+                path_qs=path_qs,
+                ts_ms=presented.ts_ms,
+                nonce=presented.nonce,
+                node_id=presented.node_id,
+                key_id=presented.key_id,
+                body_digest=body_sha256(body),
+            ),
+        )
+        if not hmac.compare_digest(expected, presented.signature):
+            raise AuthFailure(
+                "bad_signature",
+                "signature does not match (wrong key, or the request was changed on the way)",
+            )
+        # Only a correctly signed request reaches the cache: strangers cannot fill it.
+        self.cache.add(presented.nonce, presented.ts_ms, now_ms)
+        return Verified(
+            node_id=presented.node_id,
+            key_id=presented.key_id,
+            ts_ms=presented.ts_ms,
+            nonce=presented.nonce,
+        )
