@@ -335,7 +335,7 @@ def next_steps(kind: str, path: Path, values: dict[str, str]) -> list[str]:
     config, secret = Path(values["CONFIG"]), Path(values["SECRET"])
     if not config.exists():
         steps.append(
-            f"write the settings to {config} (README, 'Configure'), then check them: "
+            f"write the settings to {config} (docs: Configuration), then check them: "
             f"SIGNET_CLUSTER_CONFIG={config} signet-cluster check-config"
         )
     if not secret.exists():
