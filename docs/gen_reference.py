@@ -106,7 +106,7 @@ def _commands(
 ) -> Iterator[tuple[str, click.Command, click.Context]]:
     for name in sorted(group.commands):
         command = group.commands[name]
-        ctx = click.Context(command, info_name=name, parent=parent)
+        ctx = click.Context(command, info_name=name, parent=parent, **command.context_settings)
         yield ctx.command_path.removeprefix("signet-cluster "), command, ctx
         if isinstance(command, click.Group):
             yield from _commands(command, ctx)
@@ -137,7 +137,9 @@ def _command_section(path: str, command: click.Command, ctx: click.Context) -> s
 
 
 def cli_page() -> str:
-    root = click.Context(cli, info_name="signet-cluster")
+    # As `signet-cluster` itself makes it (help_option_names and all), so the help options
+    # read as --help shows them, whatever ran before in this process.
+    root = click.Context(cli, info_name="signet-cluster", **cli.context_settings)
     sections = [_command_section("signet-cluster", cli, root)]
     sections += [_command_section(path, cmd, ctx) for path, cmd, ctx in _commands(cli, root)]
     return (
