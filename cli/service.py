@@ -14,6 +14,8 @@ import os
 import pwd
 import re
 import shutil
+import stat
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -40,6 +42,11 @@ STOP_MARGIN_S = 7
 MIN_STOP_TIMEOUT_S = 15
 # The system unit's StateDirectory=signet-cluster (its template sets the same path).
 SYSTEM_STATE_DIR = "/var/lib/signet-cluster"
+# The system unit's PrivateTmp=true gives the service its own, empty /tmp and /var/tmp.
+PRIVATE_TMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
+# Settings naming files the service must read (besides the settings and key files).
+FILE_SETTINGS = ("tls_cert_file", "tls_key_file", "tls_ca_file", "metrics_token_file")
+RUN_CHECK_TIMEOUT_S = 30
 
 
 # deploy/ holds each template rendered with these (systemd specifiers kept as such), so the
@@ -188,9 +195,10 @@ def machine_values(
     if keyring_file is not None:
         secret_var, secret = "SIGNET_CLUSTER_KEYRING_FILE", keyring_file.absolute()
     else:
+        # As --secret-file's help says: the key file beside the settings file.
         secret_var, secret = (
             "SIGNET_CLUSTER_SECRET_FILE",
-            (secret_file or base / "secret").absolute(),
+            (secret_file or config.parent / "secret").absolute(),
         )
     # What the service will load: its settings file (if present) plus the environment the
     # unit sets (the key file, the system unit's state directory), not this shell's. So the
@@ -205,6 +213,11 @@ def machine_values(
             f"{config} is not a valid configuration (with the key file the unit names, "
             f"{secret}):\n  - " + "\n  - ".join(exc.problems)
         ) from None
+    if kind == "system" and user == "root" and run_as is None:
+        raise CliError(
+            "the service would run as root: pass --run-as USER (the owner of the Signet "
+            "workspace), or --run-as root to insist"
+        )
     if kind == "system" and user == "root":
         warnings.append(
             "the service would run as root; pass --run-as USER (the owner of the Signet workspace)"
@@ -227,12 +240,102 @@ def machine_values(
     return values, settings, warnings
 
 
+def _permits(st: os.stat_result, uid: int, gids: frozenset[int], bit: int) -> bool:
+    """Whether the mode bits let this user read (4) or execute/search (1) the file."""
+    if uid == 0:
+        # root reads and searches anything, and executes a file with any x bit set.
+        return bit != 1 or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+    return bool((st.st_mode >> shift) & bit)
+
+
+def access_problem(path: Path, uid: int, gids: frozenset[int], bits: int) -> str | None:
+    """Why the user cannot use an existing path (read: 4, execute or list: 1, both: 5), or
+    None. Walks the path as the kernel does: every directory on the way must be searchable.
+    Mode bits only (no ACLs): the executable is also run as the user, which is the real test."""
+    resolved = Path(os.path.realpath(path))
+    for directory in reversed(resolved.parents):
+        if not _permits(directory.stat(), uid, gids, 1):
+            return f"cannot enter {directory}"
+    st = resolved.stat()
+    for bit, verb in ((4, "read"), (1, "list" if stat.S_ISDIR(st.st_mode) else "execute")):
+        if bits & bit and not _permits(st, uid, gids, bit):
+            return f"cannot {verb} {resolved}"
+    return None
+
+
+def _under_private_tmp(path: Path) -> bool:
+    resolved = Path(os.path.realpath(path))
+    return any(resolved == root or root in resolved.parents for root in PRIVATE_TMP_ROOTS)
+
+
+def _run_as(executable: str, uid: int, gid: int, gids: frozenset[int]) -> str | None:
+    """Run `EXEC --version` as the service user; why it failed, or None. Skipped (None) when
+    this process can neither be that user nor become it (not root)."""
+    if os.geteuid() not in (uid, 0):
+        return None
+    switch = os.geteuid() != uid  # root: become the service user for the run
+    try:
+        result = subprocess.run(
+            [executable, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=RUN_CHECK_TIMEOUT_S,
+            check=False,
+            cwd="/",
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+            user=uid if switch else None,
+            group=gid if switch else None,
+            extra_groups=sorted(gids) if switch else None,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run {executable}: {exc}"
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        return f"{executable} --version failed: {last}"
+    return None
+
+
+def preflight(kind: str, values: dict[str, str], settings: Settings) -> list[str]:
+    """What would stop the service, checked as the user it runs as: the files it must read,
+    the workspace it reads, the executable it runs, and (system unit, PrivateTmp=true) any of
+    them under /tmp or /var/tmp, which the service would not see."""
+    entry = pwd.getpwnam(values["USER"])
+    uid, gid = entry.pw_uid, entry.pw_gid
+    gids = frozenset(os.getgrouplist(entry.pw_name, gid))
+    who = f"user {entry.pw_name}"
+    named = [("settings file", values["CONFIG"], 4), ("key file", values["SECRET"], 4)]
+    named += [
+        (name, value, 4) for name in FILE_SETTINGS if (value := getattr(settings, name, None))
+    ]
+    named += [("workspace", values["WORKSPACE"], 5), ("executable", values["EXEC"], 5)]
+    problems = []
+    for what, value, bits in named:
+        path = Path(value).expanduser()
+        if kind == "system" and _under_private_tmp(path):
+            problems.append(
+                f"the {what} {path} is under /tmp or /var/tmp, which the service does not see "
+                "(PrivateTmp=true gives it its own); move it, e.g. under /etc/signet-cluster"
+            )
+        elif path.exists():
+            reason = access_problem(path, uid, gids, bits)
+            if reason:
+                problems.append(f"the {what} is not usable by {who}, as the service runs: {reason}")
+        elif what == "executable":
+            problems.append(f"the executable {path} does not exist (--exec PATH)")
+    if not problems:
+        failure = _run_as(values["EXEC"], uid, gid, gids)
+        if failure:
+            problems.append(f"as {who}, as the service runs: {failure}")
+    return problems
+
+
 def next_steps(kind: str, path: Path, values: dict[str, str]) -> list[str]:
     steps = []
     config, secret = Path(values["CONFIG"]), Path(values["SECRET"])
     if not config.exists():
         steps.append(
-            f"write the settings to {config} (README, 'Configure'), then check them: "
+            f"write the settings to {config} (docs: Configuration), then check them: "
             f"SIGNET_CLUSTER_CONFIG={config} signet-cluster check-config"
         )
     if not secret.exists():
@@ -307,7 +410,11 @@ def write_unit(path: Path, text: str, force: bool) -> str:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Name a keyring file (for key rotation) instead of a secret file.",
 )
-@click.option("--run-as", help="User the system service runs as (default: $SUDO_USER, else you).")
+@click.option(
+    "--run-as",
+    help="User the system service runs as (default: $SUDO_USER, else you; root only when "
+    "named: --run-as root).",
+)
 @click.option(
     "--exec",
     "executable",
@@ -338,7 +445,7 @@ def install_service(
     kind = "launchd" if launchd and not user_unit else ("user" if user_unit else "system")
     if run_as is not None and kind != "system":
         raise click.UsageError("--run-as is for the system unit; a user unit runs as you")
-    values, _settings, warnings = machine_values(
+    values, settings, warnings = machine_values(
         kind,
         config=config,
         secret_file=secret_file,
@@ -350,6 +457,9 @@ def install_service(
         text = render(kind, values)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    problems = preflight(kind, values, settings)
+    if problems:
+        raise CliError("the service could not start as rendered:\n  - " + "\n  - ".join(problems))
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     if print_only:

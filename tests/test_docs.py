@@ -1,14 +1,19 @@
 """Docs that cannot drift: every command, sidecar route, setting, metric family and JSON
-output of the CLI is in the README, and the README has the sections an operator looks for."""
+output of the CLI is documented in the docs site (docs/, built with MkDocs), the generated
+reference pages are current, every page is in the site's navigation, and the README stays a
+short front page whose first lines are the two commands."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
+from types import ModuleType
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -17,9 +22,58 @@ from sidecar.ops import metrics
 from signet_cluster.settings import FIELDS, Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS_DIR = ROOT / "docs"
+PAGES = {p.relative_to(DOCS_DIR).as_posix(): p.read_text() for p in sorted(DOCS_DIR.rglob("*.md"))}
+DOCS = "\n".join(PAGES.values())
+LINES = DOCS.splitlines()
 README = (ROOT / "README.md").read_text()
-LINES = README.splitlines()
-SECTIONS = ("Install", "Configure", "Operate", "Troubleshoot")
+# Pages an operator looks for (the issue that made the site lists them).
+REQUIRED_PAGES = (
+    "getting-started.md",
+    "configuration.md",
+    "deploy/three-hosts.md",
+    "deploy/service.md",
+    "deploy/transparent-mode.md",
+    "deploy/macos.md",
+    "operations/monitoring.md",
+    "operations/key-rotation.md",
+    "operations/upgrades.md",
+    "operations/backup-restore.md",
+    "operations/decommission.md",
+    "operations/troubleshooting.md",
+    "concepts/registry.md",
+    "concepts/routing.md",
+    "concepts/federation.md",
+    "concepts/spool.md",
+    "concepts/security.md",
+    "performance.md",
+    "reference/settings.md",
+    "reference/cli.md",
+    "reference/exit-codes.md",
+    "reference/json-output.md",
+    "reference/metrics.md",
+    "reference/openapi.md",
+)
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS_DIR / "gen_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nav_pages(entries: list[object]) -> list[str]:
+    found: list[str] = []
+    for entry in entries:
+        values = entry.values() if isinstance(entry, dict) else [entry]
+        for value in values:
+            if isinstance(value, list):
+                found.extend(_nav_pages(value))
+            else:
+                found.append(str(value))
+    return found
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -45,56 +99,89 @@ def _routes(tmp_path: Path) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-def test_readme_has_the_operator_sections() -> None:
-    """Install, configure, operate and troubleshoot each have a top-level section."""
-    headings = {line[3:].strip() for line in LINES if line.startswith("## ")}
-    missing = [s for s in SECTIONS if s not in headings]
-    assert not missing, f"README lacks the sections {missing}"
+def test_the_site_has_every_page_in_its_navigation() -> None:
+    """The pages an operator looks for exist, every page is in mkdocs.yml's nav, and every
+    nav entry is a page."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    assert config["theme"]["name"] == "material" and config["strict"] is True
+    nav = _nav_pages(config["nav"])
+    missing = [page for page in REQUIRED_PAGES if page not in PAGES]
+    assert not missing, f"docs/ lacks the pages {missing}"
+    assert sorted(nav) == sorted(PAGES), {
+        "not in nav": sorted(set(PAGES) - set(nav)),
+        "nav entries without a page": sorted(set(nav) - set(PAGES)),
+    }
+
+
+def test_generated_reference_pages_are_current() -> None:
+    """docs/reference/{settings,cli,metrics,openapi}.md (and openapi.json) are what
+    `python docs/gen_reference.py` writes from the code now: a new setting, command, metric or
+    cluster route that was not regenerated fails here."""
+    stale = _generator().stale()
+    assert not stale, (
+        f"stale generated docs {[str(p.relative_to(ROOT)) for p in stale]}: "
+        "run .venv/bin/python docs/gen_reference.py"
+    )
+
+
+def test_readme_is_a_short_front_page_starting_with_the_two_commands() -> None:
+    """At most 150 lines; its first commands are setting up and running the demo, then setting
+    up and running the tests (CI runs that second one); it links to the docs."""
+    lines = README.splitlines()
+    assert len(lines) <= 150, f"README has {len(lines)} lines"
+    commands = [line.strip() for line in lines[:12] if line.startswith("    ")]
+    assert commands[:2] == [
+        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/signet-cluster demo",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/pytest",
+    ], commands
+    assert "docs/" in README and "CONTRIBUTING.md" in README
 
 
 @pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
 def test_every_command_is_documented(name: str) -> None:
-    """Each CLI command appears in the README as `NAME ...` or `signet-cluster NAME ...`."""
+    """Each CLI command appears in the docs as `NAME ...` or `signet-cluster NAME ...`."""
     pattern = rf"`(signet-cluster )?{re.escape(name)}[` \[]"
-    assert re.search(pattern, README), f"README does not document the command {name!r}"
+    assert re.search(pattern, DOCS), f"docs/ does not document the command {name!r}"
 
 
 def test_every_route_is_documented(tmp_path: Path) -> None:
     """Each route make_app registers (except the pass-through catch-all) is named in the
-    README on a line with its method, e.g. `GET /api/cluster/status`."""
+    docs on a line with its method, e.g. `GET /api/cluster/status`."""
     missing = []
     for method, path in _routes(tmp_path):
         documented = any(f"{path}`" in line and re.search(rf"\b{method}\b", line) for line in LINES)
         if not documented:
             missing.append(f"{method} {path}")
-    assert not missing, f"README does not document the routes {missing}"
+    assert not missing, f"docs/ does not document the routes {missing}"
+
+
+SETTINGS_ROWS = PAGES.get("reference/settings.md", "").splitlines()
 
 
 @pytest.mark.parametrize("name", sorted(FIELDS))
 def test_every_setting_is_in_the_settings_table(name: str) -> None:
-    """Each setting has a table row: name, default, environment variable, meaning."""
-    rows = [line for line in LINES if line.startswith(f"| `{name}` |")]
-    assert rows, f"README's settings table has no row for {name!r}"
+    """Each setting has a row in the settings reference: name, default, environment
+    variable, meaning."""
+    rows = [line for line in SETTINGS_ROWS if line.startswith(f"| `{name}` |")]
+    assert rows, f"docs/reference/settings.md has no row for {name!r}"
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert len(cells) >= 4 and all(cells[:4]), f"incomplete row for {name}: {rows[0]}"
     assert f"`{env_name(name)}`" in cells[2], f"{name}: the env column must say {env_name(name)}"
 
 
 def test_every_metric_family_is_documented() -> None:
-    """Each /metrics family (events and scrape-time state) is named in the README."""
+    """Each /metrics family (events and scrape-time state) is named in the docs."""
     fresh = metrics.Metrics.create()
     names = {m.name for m in fresh.registry.collect()}
     names |= {m.name for m in metrics.ClusterCollector.__new__(metrics.ClusterCollector).describe()}
     names |= {f"{metrics.PREFIX}_spool_depth", f"{metrics.PREFIX}_spool_oldest_age_seconds"}
-    missing = sorted(n for n in names if n not in README)
-    assert not missing, f"README does not document the metrics {missing}"
+    missing = sorted(n for n in names if n not in DOCS)
+    assert not missing, f"docs/ does not document the metrics {missing}"
 
 
 def test_every_json_output_is_described() -> None:
-    """Each command with --json has its output described in the README's JSON section."""
-    section = README.split("### JSON output", 1)
-    assert len(section) == 2, "README has no '### JSON output' section"
-    body = section[1].split("\n## ", 1)[0]
+    """Each command with --json has its output described in the JSON output reference."""
+    body = PAGES["reference/json-output.md"]
     for name, command in COMMANDS:
         if any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params):
             assert f"`{name}" in body, f"JSON output of {name!r} is not described"

@@ -4,10 +4,14 @@ an operator expects."""
 
 from __future__ import annotations
 
+import os
 import plistlib
+import pwd
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +48,35 @@ def systemd_verify(unit: Path) -> list[str]:
     return problems
 
 
+def systemd_exposure(unit: Path) -> float:
+    """The overall exposure `systemd-analyze security --offline` gives the unit file."""
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found.group(1))
+
+
+@pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A folder the system unit's private /tmp does not hide (under the home directory),
+    holding a stand-in `signet-cluster` executable that answers --version."""
+    folder = Path(tempfile.mkdtemp(prefix=".signet-cluster-test-", dir=Path.home()))
+    try:
+        executable = folder / "bin" / "signet-cluster"
+        executable.parent.mkdir()
+        executable.write_text("#!/bin/sh\necho 'signet-cluster, version 0'\n")
+        executable.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def install(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "SUDO_USER": ""}
     result = CliRunner().invoke(cli, ["install-service", *args], env=env)
@@ -64,12 +97,36 @@ def machine_unit(tmp_path: Path, *extra: str, name: str = "signet-cluster.servic
 def test_rendered_systemd_units_verify_clean(tmp_path: Path, kind: str) -> None:
     """The system and user units, rendered with this machine's paths, pass
     `systemd-analyze verify` without a single warning; a broken directive is caught."""
-    args = ["--user"] if kind == "user" else ["--run-as", "root"]
-    unit = machine_unit(tmp_path, *args)
-    assert systemd_verify(unit) == []
+    if kind == "user":
+        unit = machine_unit(tmp_path, "--user")
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=".signet-cluster-test-", dir=Path.home()))
+        try:
+            (folder / "signet-cluster").write_text("#!/bin/sh\nexit 0\n")
+            (folder / "signet-cluster").chmod(0o755)
+            unit = tmp_path / "out" / "signet-cluster.service"
+            code, stdout, stderr = install(
+                [
+                    "--output",
+                    str(unit),
+                    "--config",
+                    str(folder / "config.toml"),
+                    "--exec",
+                    str(folder / "signet-cluster"),
+                    "--run-as",
+                    "root",
+                ],
+                tmp_path,
+            )
+            assert code == 0, stdout + stderr
+            assert systemd_verify(unit) == []
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if kind == "user":
+        assert systemd_verify(unit) == []
     text = unit.read_text()
     assert re.search(r"^ExecStart=/\S+/signet-cluster serve$", text, re.M)
-    assert "@" not in text.replace("$MAINPID", "")
+    assert not re.search(r"@[A-Z_]+@", text), "a placeholder was left unfilled"
     broken = tmp_path / "broken.service"
     broken.write_text(text.replace("Type=exec", "Type=forking-ish"))
     assert any("Type" in p or "service type" in p for p in systemd_verify(broken))
@@ -136,7 +193,7 @@ def test_xml_and_systemd_special_characters_are_escaped(tmp_path: Path) -> None:
     unit = machine_unit(tmp_path, "--user", "--secret-file", str(odd), name="u.service")
     assert f"SIGNET_CLUSTER_SECRET_FILE={tmp_path}/a&b%%c" in unit.read_text()
     code, _out, err = install(
-        ["--print", "--config", str(tmp_path / "my dir" / "c.toml")], tmp_path
+        ["--print", "--user", "--config", str(tmp_path / "my dir" / "c.toml")], tmp_path
     )
     assert code == 1 and "contains whitespace" in err
 
@@ -154,7 +211,8 @@ def test_install_service_writes_prints_and_refuses(tmp_path: Path) -> None:
 
     code, text, _ = install(["--user", "--output", str(out), "--config", str(config)], tmp_path)
     assert code == 0 and f"{out}: written" in text
-    assert f"signet-cluster keygen --out {tmp_path}/xdg/signet-cluster/secret" in text
+    # --secret-file's default, as its help says: "secret" beside the settings file.
+    assert f"signet-cluster keygen --out {config.parent}/secret" in text
     assert f"write the settings to {config}" in text
     assert "systemctl --user daemon-reload && systemctl --user enable --now signet-cluster" in text
     assert out.read_text() == printed
@@ -221,19 +279,108 @@ def test_the_key_file_the_unit_names_counts(tmp_path: Path) -> None:
     config.write_text('host = "0.0.0.0"\nadvertise_url = "http://hostb:3860"\n')
     secret = tmp_path / "etc" / "secret"
     code, printed, err = install(
-        ["--print", "--config", str(config), "--secret-file", str(secret)], tmp_path
+        ["--print", "--user", "--config", str(config), "--secret-file", str(secret)], tmp_path
     )
     assert code == 0, err
     assert f"Environment=SIGNET_CLUSTER_SECRET_FILE={secret}" in printed
 
     keyring = tmp_path / "etc" / "keyring.json"
     config.write_text(f'host = "0.0.0.0"\nkeyring_file = "{keyring}"\n')
-    code, printed, err = install(["--print", "--config", str(config)], tmp_path)
+    code, printed, err = install(["--print", "--user", "--config", str(config)], tmp_path)
     assert code == 0, err
     assert f"Environment=SIGNET_CLUSTER_KEYRING_FILE={keyring}" in printed
     assert "SIGNET_CLUSTER_SECRET_FILE" not in printed
 
     code, _printed, err = install(
-        ["--print", "--config", str(config), "--secret-file", str(secret)], tmp_path
+        ["--print", "--user", "--config", str(config), "--secret-file", str(secret)], tmp_path
     )
     assert code == 1 and "set one of them, not both" in err
+
+
+def test_system_unit_exposure_is_low_and_it_never_runs_as_root_by_default(
+    tmp_path: Path, outside_tmp: Path
+) -> None:
+    """`systemd-analyze security` rates the system unit (as install-service renders it, and
+    the deploy/ example) at most 2.5; it sets LimitNOFILE and names the Signet daemon's unit
+    in a comment; without --run-as (and no sudo) as root, install-service refuses to make a
+    root service."""
+    unit = tmp_path / "signet-cluster.service"
+    code, out, err = install(
+        [
+            "--output",
+            str(unit),
+            "--run-as",
+            "root",
+            "--config",
+            str(outside_tmp / "config.toml"),
+            "--exec",
+            str(outside_tmp / "bin" / "signet-cluster"),
+        ],
+        tmp_path,
+    )
+    assert code == 0, out + err
+    assert "warning: the service would run as root" in err
+    for path in (unit, ROOT / EXAMPLE_FILES["system"]):
+        assert systemd_exposure(path) <= 2.5, path
+        text = path.read_text()
+        assert re.search(r"^LimitNOFILE=\d+$", text, re.M)
+        assert "#After=signet.service" in text and "#Wants=signet.service" in text
+    assert "LimitNOFILE=" in (ROOT / EXAMPLE_FILES["user"]).read_text()
+
+    if os.geteuid() == 0:
+        code, _out, err = install(["--print", "--config", str(outside_tmp / "c.toml")], tmp_path)
+        assert code == 1 and "would run as root" in err
+
+
+def test_launchd_job_is_not_background() -> None:
+    """The sidecar is in the request path: launchd must not throttle it as a Background job."""
+    plist = plistlib.loads((ROOT / EXAMPLE_FILES["launchd"]).read_bytes())
+    assert plist.get("ProcessType", "Standard") != "Background"
+
+
+def test_files_under_private_tmp_are_refused_for_the_system_unit(tmp_path: Path) -> None:
+    """The system unit has PrivateTmp=true: settings, key or executable under /tmp would be
+    invisible to the service, so install-service refuses (and writes nothing); a user unit,
+    which has its own /tmp view of the real one, accepts the same paths."""
+    config = tmp_path / "etc" / "config.toml"
+    out = tmp_path / "unit.service"
+    code, _out, err = install(
+        ["--run-as", "root", "--config", str(config), "--output", str(out)], tmp_path
+    )
+    assert tmp_path.is_relative_to("/tmp") or tmp_path.is_relative_to("/var/tmp"), tmp_path
+    assert code == 1 and f"the settings file {config} is under /tmp" in err
+    assert "PrivateTmp=true" in err and not out.exists()
+    code, _out, err = install(["--user", "--config", str(config), "--output", str(out)], tmp_path)
+    assert code == 0, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make files another user cannot read")
+def test_install_service_checks_as_the_run_as_user(tmp_path: Path, outside_tmp: Path) -> None:
+    """Readability is checked as the service user, not as the installer: a key file only
+    root can read, or a folder nobody may enter, is refused for --run-as nobody with the
+    path that blocks it; an executable that cannot run as that user is refused; once the
+    files are the user's, the same install succeeds."""
+    nobody = pwd.getpwnam("nobody")
+    etc = outside_tmp / "etc"
+    etc.mkdir()
+    config, secret = etc / "config.toml", etc / "secret"
+    config.write_text("")
+    secret.write_text("k" * 43)
+    secret.chmod(0o600)
+    outside_tmp.chmod(0o755)
+    executable = outside_tmp / "bin" / "signet-cluster"
+    args = ["--print", "--run-as", "nobody", "--config", str(config), "--exec", str(executable)]
+
+    code, _out, err = install(args, tmp_path)
+    assert code == 1 and "not usable by user nobody" in err
+    # The home folder holding the test files may itself be closed to nobody (e.g. /root).
+    assert f"cannot read {secret}" in err or "cannot enter" in err, err
+
+    if Path.home().stat().st_mode & 0o001:
+        os.chown(secret, nobody.pw_uid, nobody.pw_gid)
+        code, out, err = install(args, tmp_path)
+        assert code == 0, err
+        assert "User=nobody" in out
+        executable.write_text("#!/bin/sh\necho 'no module named sidecar' >&2\nexit 1\n")
+        code, _out, err = install(args, tmp_path)
+        assert code == 1 and "--version failed: no module named sidecar" in err
