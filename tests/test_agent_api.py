@@ -135,10 +135,11 @@ async def test_a_collision_is_visible_in_the_answers(cluster: Cluster) -> None:
 
     await wait_for(collided, what="the collision in b's view")
     code, body, _ = await client(cluster, "GET", b.url + "/api/agents/alice")
-    assert body["cluster"]["node_id"] == "a"
+    assert code == 200 and body["cluster"]["node_id"] == "a", body
     assert body["cluster"]["collision"]["winner"] == "a"
     assert sorted(body["cluster"]["collision"]["claimants"]) == ["a", "b"]
     code, body, _ = await client(cluster, "GET", b.url + "/api/agents")
+    assert code == 200, body
     alices = [r for r in body["agents"] if r["id"] == "alice"]
     assert [r["cluster"]["node_id"] for r in alices] == ["a", "b"]
     assert all(r["cluster"]["collision"]["winner"] == "a" for r in alices)
