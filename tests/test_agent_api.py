@@ -47,9 +47,7 @@ async def test_the_roster_at_any_sidecar_lists_every_nodes_agents(cluster: Clust
     only as the asking node's own row."""
     a, b, c = await _three(cluster)
     a_rows = await _daemon_rows(cluster, a)
-    bob_row = (
-        await client(cluster, "POST", b.daemon_url + "/api/agents", {"name": "bob"})
-    )[1]
+    bob_row = (await client(cluster, "POST", b.daemon_url + "/api/agents", {"name": "bob"}))[1]
     for node in (a, b, c):
         code, body, headers = await client(cluster, "GET", node.url + "/api/agents")
         assert code == 200, body

@@ -19,9 +19,7 @@ async def _deleted(cluster: Cluster, url: str, agent: str | None) -> str:
 
 
 @pytest.mark.parametrize("flavor", ["ts", "ts-legacy", "rust"])
-async def test_the_dev_daemon_recovers_a_soft_deleted_memory(
-    cluster: Cluster, flavor: str
-) -> None:
+async def test_the_dev_daemon_recovers_a_soft_deleted_memory(cluster: Cluster, flavor: str) -> None:
     """The TS answers: recovered (with versions and the retention window), then 409 not
     deleted; 404 for an unknown id; 400 without a reason."""
     a = await cluster.add("a", [], coordinator=True, flavor=flavor)
