@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +54,8 @@ from signet_cluster.daemon.cluster_roster import (
     with_roster_agents,
 )
 from signet_cluster.protocol import AgentInfo
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AGENTS_PATH = "/api/agents"
 MISSING_HEADER = "x-signet-cluster-missing"
@@ -360,9 +363,19 @@ def _taken_elsewhere(app: web.Application, name: str) -> web.Response | None:
     )
 
 
+# (method, path, handler, scope as the README's route table names it).
+ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
+    ("GET", AGENTS_PATH, list_agents, "cluster-wide"),
+    ("POST", AGENTS_PATH, create_agent, "local"),
+    ("GET", AGENTS_PATH + "/{name}", one_agent, "owner-routed"),
+    ("DELETE", AGENTS_PATH + "/{name}", one_agent, "owner-routed"),
+)
+
+
 def add_agent_api(app: web.Application) -> None:
     """Register the agent routes (before the pass-through catch-all)."""
-    app.router.add_get(AGENTS_PATH, list_agents)
-    app.router.add_post(AGENTS_PATH, create_agent)
-    app.router.add_get(AGENTS_PATH + "/{name}", one_agent)
-    app.router.add_delete(AGENTS_PATH + "/{name}", one_agent)
+    for method, path, handler, _scope in ROUTES:
+        if method == "GET":
+            app.router.add_get(path, handler)
+        else:
+            app.router.add_route(method, path, handler)
