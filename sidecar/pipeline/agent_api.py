@@ -183,12 +183,14 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
     if isinstance(local, RawResponse):
         return to_response(local, node)  # the daemon refused (a token it does not accept)
     if HOP_HEADER in request.headers:
-        answer = {"agents": list(local.rows), ROSTER_ONLY_KEY: sorted(local.roster_only)}
+        if local.status != "ok":
+            # The asking node lists us from the registry and reports why.
+            return daemon_failure(DaemonError(local.error or "no answer", timed_out=False))
+        ids = local.roster_only if local.source == "daemon" else {r["id"] for r in local.rows}
+        answer = {"agents": list(local.rows), ROSTER_ONLY_KEY: sorted(ids)}
         return _json(answer, headers={SERVED_BY_HEADER: node})
-    if local.status != "ok" and token_unverified(request):
-        # Only a daemon can judge a bearer token: without this daemon's answer, nothing
-        # of the cluster is handed out.
-        return daemon_failure(DaemonError(local.error or "daemon unavailable", timed_out=False))
+    if local.source != "daemon" and token_unverified(request):
+        return _unverified(app)
     view = current_view(app)
     rosters = [local]
     asks = []
@@ -222,6 +224,19 @@ async def list_agents(request: web.Request) -> web.StreamResponse:
     body = {"agents": cluster_rows(node, rosters, collisions), "cluster": block}
     return _json(
         body, headers={SERVED_BY_HEADER: node, MISSING_HEADER: f"{missing}/{len(rosters)}"}
+    )
+
+
+def _unverified(app: web.Application) -> web.Response:
+    """Only a daemon can judge a bearer token; when this node's daemon did not (it is down,
+    or a legacy one answers no agent API), nothing of the cluster is handed out."""
+    node = app[keys.IDENTITY].node_id
+    return daemon_error(
+        503,
+        f"this request is authorised only by a bearer token, which node {node}'s daemon did "
+        "not check (unavailable, or without an agent API); the roster is not served unchecked",
+        code="token_unverified",
+        node=node,
     )
 
 
@@ -298,6 +313,8 @@ async def one_agent(request: web.Request) -> web.StreamResponse:
         except ForwardFailed as exc:
             return owner_unreachable(app, target, exc)
     else:
+        if _legacy(app) and token_unverified(request):
+            return _unverified(app)
         try:
             raw = await _serve_here(request, name, body)
         except DaemonError as exc:
