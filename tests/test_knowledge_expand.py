@@ -55,3 +55,48 @@ async def test_a_ts_expand_naming_a_remote_agent_never_reads_the_owners_default(
         assert a_private not in found, agent
         assert found == {a_global, b_global}, agent
         assert headers["x-signet-cluster-served-by"] == "b", agent
+
+
+async def test_an_expand_naming_an_agent_on_a_rust_node_goes_to_that_node(
+    cluster: Cluster,
+) -> None:
+    """Rust expands as the body's agent: an expand at TS node b naming frank (shared, on
+    Rust node a) is answered by a's daemon as frank."""
+    a = await cluster.add("a", [ALICE, FRANK], coordinator=True, flavor="rust", **FANOUT)
+    b = await cluster.add("b", [BOB], coordinators=(a.url,), **FANOUT)
+    await wait_routes(cluster, b, {"frank": ("remote", "a")})
+    code, saved, _ = await client(
+        cluster,
+        "POST",
+        a.url + "/api/memory/remember",
+        _about("staging", "frank keeps staging green", agentId="frank"),
+    )
+    assert code == 200, saved
+    code, answer, headers = await client(
+        cluster, "POST", b.url + "/api/knowledge/expand", {"entity": "staging", "agentId": "frank"}
+    )
+    assert code == 200, answer
+    assert saved["id"] in {m["id"] for m in answer["memories"]}
+    assert headers["x-signet-cluster-served-by"] == "a"
+
+
+async def test_a_hop_a_ts_daemon_could_only_serve_as_default_is_refused(
+    cluster: Cluster,
+) -> None:
+    """A sender with an out-of-date view routes an expand for frank to TS node a: a refuses
+    it (421) instead of answering as its own `default`."""
+    a, _b = await _pair(cluster)
+    await _save(cluster, a, _about("staging", "a default secret", visibility="private"))
+    data = b'{"entity": "staging", "agentId": "frank"}'
+    code, answer, _ = await cluster.request(
+        "POST",
+        a.url + "/api/knowledge/expand",
+        data=data,
+        headers={
+            "Content-Type": "application/json",
+            "x-signet-cluster-hop": "b",
+            "x-signet-cluster-agent": "frank",
+        },
+        signer=cluster.signer_for("b"),
+    )
+    assert code == 421 and answer["code"] == "agent_not_honoured", answer
