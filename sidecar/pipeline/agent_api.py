@@ -364,9 +364,10 @@ def _taken_elsewhere(app: web.Application, name: str) -> web.Response | None:
         return None
     node = app[keys.IDENTITY].node_id
     owner = owner_peer(view, name)
+    if owner is not None and owner.node_id == node:
+        return None  # ours already: the daemon answers the duplicate as it would alone
     holders = [p for p in view.peers if p.node_id != node and any(a.id == name for a in p.agents)]
-    holder = owner if owner is not None and owner.node_id != node else None
-    holder = holder or (holders[0] if holders else None)
+    holder = owner or (holders[0] if holders else None)
     if holder is None:
         return None
     return daemon_error(
