@@ -107,7 +107,7 @@ async def test_a_name_another_node_holds_is_not_created_again(cluster: Cluster) 
 
 async def test_a_delete_goes_to_the_owner(cluster: Cluster) -> None:
     """Deleting alice through b removes the row from a's daemon; deleting an agent nobody
-    has is the daemon's 404; `default` is refused by the local daemon."""
+    has is the daemon's 404; `default` is refused by the local daemon. Each is counted."""
     a, b, _c = await _three(cluster)
     code, body, headers = await client(cluster, "DELETE", b.url + "/api/agents/alice")
     assert (code, body) == (200, {"success": True, "purged": False})
@@ -117,6 +117,11 @@ async def test_a_delete_goes_to_the_owner(cluster: Cluster) -> None:
     assert code == 404, body
     code, body, _ = await client(cluster, "DELETE", b.url + "/api/agents/default")
     assert code == 400, body
+    assert cluster.session is not None
+    async with cluster.session.get(b.url + "/metrics") as resp:
+        text = await resp.text()
+    for counted in ('route="agent_delete",target="a"', 'route="agent_delete",target="local"'):
+        assert f'signet_cluster_proxied_requests_total{{outcome="ok",{counted}}}' in text
 
 
 async def test_a_collision_is_visible_in_the_answers(cluster: Cluster) -> None:

@@ -94,7 +94,7 @@ def _scopes_in_code() -> dict[tuple[str, str], str]:
         (method, path): "federated" if federates(kind, path) else "owner-routed"
         for method, path, kind in memory_routes.ROUTES
     }
-    scopes |= {(method, path): scope for method, path, _, scope in agent_api.ROUTES}
+    scopes |= {(method, path): scope for method, path, _, scope, _ in agent_api.ROUTES}
     return scopes
 
 

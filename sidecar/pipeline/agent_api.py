@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -381,19 +382,57 @@ def _taken_elsewhere(app: web.Application, name: str) -> web.Response | None:
     )
 
 
-# (method, path, handler, scope as the README's route table names it).
-ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
-    ("GET", AGENTS_PATH, list_agents, "cluster-wide"),
-    ("POST", AGENTS_PATH, create_agent, "local"),
-    ("GET", AGENTS_PATH + "/{name}", one_agent, "owner-routed"),
-    ("DELETE", AGENTS_PATH + "/{name}", one_agent, "owner-routed"),
+# (method, path, handler, scope as the README's route table names it, metrics route label).
+ROUTES: tuple[tuple[str, str, Handler, str, str], ...] = (
+    ("GET", AGENTS_PATH, list_agents, "cluster-wide", "agents_list"),
+    ("POST", AGENTS_PATH, create_agent, "local", "agent_create"),
+    ("GET", AGENTS_PATH + "/{name}", one_agent, "owner-routed", "agent_info"),
+    ("DELETE", AGENTS_PATH + "/{name}", one_agent, "owner-routed", "agent_delete"),
 )
+# The sidecar's own refusals, by their `code`, as `signet_cluster_proxied_requests` outcomes.
+_OUTCOMES = {
+    "owner_unreachable": "unreachable",
+    "misrouted": "misrouted",
+    "daemon_unavailable": "daemon_error",
+    "agent_exists_elsewhere": "refused",
+    "agents_unsupported": "refused",
+    "token_unverified": "refused",
+    "body_too_large": "refused",
+    "body_timeout": "refused",
+}
+
+
+def _outcome(response: web.StreamResponse) -> str:
+    if response.status < 400 or not isinstance(response, web.Response):
+        return "ok"
+    answer = _parse(response.body) if isinstance(response.body, bytes) else None
+    code = answer.get("code") if isinstance(answer, dict) else None
+    return _OUTCOMES.get(code, "ok") if isinstance(code, str) else "ok"
+
+
+def _counted(route: str, handler: Handler) -> Handler:
+    """Count each request in `signet_cluster_proxied_requests` like a memory-API one."""
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handler(request)
+        node = request.app[keys.IDENTITY].node_id
+        served = response.headers.get(SERVED_BY_HEADER, node)
+        request.app[keys.METRICS].observe_proxied(
+            route,
+            "local" if served == node else served,
+            _outcome(response),
+            time.perf_counter() - started,
+        )
+        return response
+
+    return counted
 
 
 def add_agent_api(app: web.Application) -> None:
     """Register the agent routes (before the pass-through catch-all)."""
-    for method, path, handler, _scope in ROUTES:
+    for method, path, handler, _scope, route in ROUTES:
         if method == "GET":
-            app.router.add_get(path, handler)
+            app.router.add_get(path, _counted(route, handler))
         else:
-            app.router.add_route(method, path, handler)
+            app.router.add_route(method, path, _counted(route, handler))
