@@ -25,6 +25,7 @@ from sidecar.memory.passthrough import add_passthrough
 from sidecar.memory.proxy import proxy_ctx
 from sidecar.middlewares import errors, request_context
 from sidecar.ops import health, metrics, openapi, topology
+from sidecar.pipeline.agent_api import add_agent_api
 from sidecar.pipeline.routes import add_memory_api
 from sidecar.security.auth import AuthState, auth_ctx, authenticate
 from sidecar.security.auth import routes as auth_routes
@@ -107,6 +108,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app.add_routes(routing_api.routes)
     app.add_routes(contribute.routes)
     add_memory_api(app)
+    add_agent_api(app)
     app.cleanup_ctx.extend(
         [
             auth_ctx,

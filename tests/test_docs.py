@@ -18,7 +18,11 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from sidecar.app import make_app
+from sidecar.federation.fanout import federates
 from sidecar.ops import metrics
+from sidecar.pipeline import agent_api
+from sidecar.pipeline import routes as memory_routes
+from sidecar.security.auth import PUBLIC_PATHS, SIDECAR_PAGE_PREFIX, SIDECAR_PAGES
 from signet_cluster.settings import FIELDS, Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +160,53 @@ def test_every_route_is_documented(tmp_path: Path) -> None:
 
 
 SETTINGS_ROWS = PAGES.get("reference/settings.md", "").splitlines()
+
+
+# A row of the README's table of daemon paths: | `METHOD` | `/path` | scope | what |
+_DAEMON_ROW = re.compile(r"^\| `([A-Z*]+)` \| (`[^`]+`|every other path) \| ([a-z-]+) \|")
+
+
+def _daemon_path_table() -> dict[tuple[str, str], str]:
+    table: dict[tuple[str, str], str] = {}
+    for line in LINES:
+        match = _DAEMON_ROW.match(line)
+        if match is not None:
+            method, path, scope = match.groups()
+            table[(method, path.strip("`"))] = scope
+    return table
+
+
+def _scopes_in_code() -> dict[tuple[str, str], str]:
+    """Each daemon path the sidecar serves itself and how, as the code decides it."""
+    scopes = {
+        (method, path): "federated" if federates(kind, path) else "owner-routed"
+        for method, path, kind in memory_routes.ROUTES
+    }
+    scopes |= {(method, path): scope for method, path, _, scope, _ in agent_api.ROUTES}
+    return scopes
+
+
+def test_the_daemon_path_table_matches_the_registered_routes(tmp_path: Path) -> None:
+    """The README's table of daemon paths lists exactly the daemon paths make_app registers
+    (every route outside the sidecar's own /api/cluster/*, pages and probes), each with the
+    scope the code gives it, and says where every other path goes."""
+    table = _daemon_path_table()
+    assert table.pop(("*", "every other path"), None) == "local", "the pass-through row"
+    registered = {
+        (method, path)
+        for method, path in _routes(tmp_path)
+        if not path.startswith("/api/cluster/")
+        and path not in PUBLIC_PATHS
+        and path not in SIDECAR_PAGES
+        and not path.startswith(SIDECAR_PAGE_PREFIX)
+    }
+    assert set(table) == registered, (
+        f"README table lacks {sorted(registered - set(table))}, "
+        f"lists unregistered {sorted(set(table) - registered)}"
+    )
+    code = _scopes_in_code()
+    wrong = {k: (v, code.get(k)) for k, v in table.items() if code.get(k) != v}
+    assert not wrong, f"README scope differs from the code (README, code): {wrong}"
 
 
 @pytest.mark.parametrize("name", sorted(FIELDS))

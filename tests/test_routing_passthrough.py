@@ -17,15 +17,14 @@ from .routing_helpers import ALICE, client, remember
 
 
 async def test_unrelated_paths_are_byte_identical(cluster: Cluster) -> None:
-    """Status, Content-Type and body bytes of non-memory paths (features, agents, a memory
-    listing, an unknown path's plain-text 404, a HEAD) equal the daemon's own answers."""
+    """Status, Content-Type and body bytes of paths the sidecar does not serve itself
+    (features, a memory listing, an unknown path's plain-text 404, a HEAD) equal the
+    daemon's own answers. (The agent API is the cluster's: tests/test_agent_api.py.)"""
     a = await cluster.add("a", [ALICE], coordinator=True)
     for n in range(3):
         await remember(cluster, a.daemon_url, f"listing entry {n}")
     for method, path in [
         ("GET", "/api/features"),
-        ("GET", "/api/agents"),
-        ("GET", "/api/agents/alice"),
         ("GET", "/api/memories?limit=2&offset=1"),
         ("GET", "/no/such/path?x=%2F1"),
         ("POST", "/no/such/path"),

@@ -41,8 +41,18 @@ def _calls(mem_id: str) -> list[tuple[str, str, Any, dict[str, str]]]:
     ]
 
 
-# Values that legitimately differ between two daemons (times, ids, ports, pids).
-ALLOW = ("uptime", "pid", "port", "startedAt", "agentsDir", "meta.timings")
+# Values that legitimately differ between two daemons (times, ids, ports, pids), and the
+# sidecar's additive `cluster` blocks (the agent roster's, README "Agents across the cluster").
+ALLOW = (
+    "uptime",
+    "pid",
+    "port",
+    "startedAt",
+    "agentsDir",
+    "meta.timings",
+    "cluster",
+    "agents[].cluster",
+)
 
 
 async def _run(cluster: Cluster, base: str) -> list[tuple[int, Any]]:

@@ -1,5 +1,5 @@
-"""Writes that touch existing memories by id (modify, forget, PATCH/DELETE by id) only touch
-the named agent's own memories.
+"""Writes that touch existing memories by id (modify, forget, PATCH/DELETE by id, recover)
+only touch the named agent's own memories.
 
 TS daemons do not scope these routes by agent at all (contract §3): any id can be modified
 or forgotten. Before such a request naming a non-default agent reaches the daemon, the
@@ -27,7 +27,7 @@ def daemon_error(status: int, message: str, **extra: Any) -> web.Response:
 
 def _ids(kind: RouteKind, body: dict[str, Any] | None, match_id: str | None) -> list[str] | None:
     """The memory ids a request touches; None when it selects by query/filters instead."""
-    if kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID):
+    if kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID, RouteKind.RECOVER):
         return [match_id] if match_id else []
     if body is None:
         return []

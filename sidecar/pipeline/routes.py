@@ -42,6 +42,7 @@ ROUTES: tuple[tuple[str, str, RouteKind], ...] = (
     ("GET", "/api/memory/{id}", RouteKind.GET_BY_ID),
     ("PATCH", "/api/memory/{id}", RouteKind.PATCH_BY_ID),
     ("DELETE", "/api/memory/{id}", RouteKind.DELETE_BY_ID),
+    ("POST", "/api/memory/{id}/recover", RouteKind.RECOVER),
     ("POST", "/api/hooks/{name}", RouteKind.HOOK),
     ("POST", "/api/knowledge/expand", RouteKind.EXPAND),
     ("POST", "/api/knowledge/expand/session", RouteKind.EXPAND),

@@ -108,7 +108,7 @@ def plan_request(
     elif kind is RouteKind.GET_BY_ID:
         if explicit and named:
             _query_agent(plan, agent)
-    elif kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID):
+    elif kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID, RouteKind.RECOVER):
         # Rust scopes these by the agent header only: an agent named in the query (which
         # TS reads) must reach a Rust daemon as the header, local or routed.
         if named and (explicit or rust) and not headers.get(AGENT_HEADER):

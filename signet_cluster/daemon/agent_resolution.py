@@ -38,6 +38,7 @@ class RouteKind(enum.Enum):
     FORGET = "forget"  # POST /api/memory/forget
     PATCH_BY_ID = "patch_by_id"  # PATCH /api/memory/{id}
     DELETE_BY_ID = "delete_by_id"  # DELETE /api/memory/{id}
+    RECOVER = "recover"  # POST /api/memory/{id}/recover (undo a soft delete)
     HOOK = "hook"  # POST /api/hooks/{name} (session-start and the other session hooks)
     EXPAND = "expand"  # POST /api/knowledge/expand, /api/knowledge/expand/session
 
@@ -58,6 +59,7 @@ class RouteKind(enum.Enum):
             RouteKind.FORGET,
             RouteKind.PATCH_BY_ID,
             RouteKind.DELETE_BY_ID,
+            RouteKind.RECOVER,
         )
 
 
@@ -99,6 +101,9 @@ SOURCES: dict[RouteKind, tuple[Source, ...]] = {
     RouteKind.GET_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
     RouteKind.PATCH_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
     RouteKind.DELETE_BY_ID: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
+    # TS reads no agent on recover (it is unscoped, like PATCH/DELETE by id); the sidecar
+    # takes the by-id sources so a named agent is routed and its ownership checked.
+    RouteKind.RECOVER: (*_QUERY_IDS, _HEADER_AGENT, _HEADER_SESSION),
     # Remember names its agent by body agentId or the session-key *header*; a body
     # sessionKey does not name it (TS ignores it; Rust only checks it against agentId).
     RouteKind.REMEMBER: (_BODY_AGENT, _HEADER_SESSION),
@@ -111,6 +116,18 @@ SOURCES: dict[RouteKind, tuple[Source, ...]] = {
     # Rust reads the body agentId (TS uses the token's agent, else default).
     RouteKind.EXPAND: (_BODY_AGENT,),
 }
+
+
+EXPAND_PATH = "/api/knowledge/expand"
+
+
+def daemon_honours_agent(kind: RouteKind, path: str, flavor: str) -> bool:
+    """Whether a daemon of ``flavor`` acts as the agent a request names on this route.
+
+    TS (and legacy) ``POST /api/knowledge/expand`` never reads the body's agent: it expands
+    as the token's agent, else ``default`` (contract §3; ``/expand/session`` does read it).
+    Rust reads the body ``agentId``. Every other route here acts as the agent it names."""
+    return not (kind is RouteKind.EXPAND and path == EXPAND_PATH and flavor != "rust")
 
 
 @attrs.frozen

@@ -57,6 +57,7 @@ def _add_routes(app: web.Application, config: DevDaemonConfig) -> None:
     r.add_get("/api/memory/{id}", routes_read.get_memory)
     r.add_patch("/api/memory/{id}", routes_write.patch_memory)
     r.add_delete("/api/memory/{id}", routes_write.delete_memory)
+    r.add_post("/api/memory/{id}/recover", routes_write.recover_memory)
     r.add_get("/api/memories", routes_read.memories_list)
     r.add_post("/api/hooks/session-start", routes_misc.session_start)
     r.add_post("/api/knowledge/expand", routes_misc.knowledge_expand)

@@ -1,4 +1,5 @@
-"""Changing memories: modify (batch patches), forget (preview/execute), PATCH and DELETE by id.
+"""Changing memories: modify (batch patches), forget (preview/execute), PATCH and DELETE by id,
+and recover (undoing a soft delete within the retention window).
 
 TS applies these to any id (no agent check); Rust only touches memories owned by the
 resolved agent (``owner``), reporting others as ``not_found``.
@@ -7,6 +8,7 @@ resolved agent (``owner``), reporting others as ``not_found``.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -223,3 +225,58 @@ def forget_one(store: Store, mem_id: str, *, force: bool, actor: str, owner: str
         },
     )
     return {"id": mem_id, "status": "deleted", "currentVersion": version, "newVersion": version + 1}
+
+
+#: How long a soft-deleted memory can be recovered (the daemon's SOFT_DELETE_RETENTION_DAYS).
+RETENTION_DAYS = 30
+
+
+def recover_one(
+    store: Store, mem_id: str, *, if_version: int | None, actor: str, owner: str | None
+) -> tuple[int, Body]:
+    """``POST /api/memory/:id/recover``: (status, body) as the TS daemon answers them."""
+    row = _owned(store, store.get_memory(mem_id), owner)
+    if row is None:
+        return 404, {"id": mem_id, "status": "not_found", "error": "Not found"}
+    version = int(row["version"])
+    if not row["is_deleted"]:
+        body = {"id": mem_id, "status": "not_deleted", "currentVersion": version}
+        return 409, body | {"error": "Memory is not deleted"}
+    if if_version is not None and version != if_version:
+        body = {"id": mem_id, "status": "version_conflict", "currentVersion": version}
+        return 409, body | {"error": "Version conflict"}
+    now = store.clock.now()
+    deleted_at, recovered_at = _instant(row["deleted_at"]), _instant(now)
+    if (
+        deleted_at is None
+        or recovered_at is None
+        or recovered_at - deleted_at > timedelta(days=RETENTION_DAYS)
+    ):
+        body = {"id": mem_id, "status": "retention_expired", "currentVersion": version}
+        return 409, body | {"error": f"Recover window expired ({RETENTION_DAYS} days)"}
+    store.update_memory(
+        mem_id,
+        {
+            "is_deleted": 0,
+            "deleted_at": None,
+            "version": version + 1,
+            "updated_at": now,
+            "updated_by": actor,
+        },
+    )
+    return 200, {
+        "id": mem_id,
+        "status": "recovered",
+        "currentVersion": version,
+        "newVersion": version + 1,
+        "retentionDays": RETENTION_DAYS,
+    }
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -29,6 +29,7 @@ from .mutate import (
     forget_one,
     parse_patch_fields,
     preview_body,
+    recover_one,
 )
 from .remember import RememberInput, remember
 from .resolve import AGENT_HEADER, SESSION_HEADER, actor, mutation_owner
@@ -384,3 +385,44 @@ async def delete_memory(request: web.Request) -> web.Response:
     result["status"] = _BY_ID_STATUS.get(result["status"], result["status"])
     status = 200 if result["status"] == "deleted" else _PATCH_STATUS[result["status"]]
     return json_response(result, status)
+
+
+def _positive_int(value: object) -> int | bool | None:
+    """A positive integer, None when absent, False when present but not one."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = int(value) if value.strip().isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return False
+    return value
+
+
+async def recover_memory(request: web.Request) -> web.Response:
+    """``POST /api/memory/{id}/recover``: TS recovers any id (no agent check); the Rust
+    flavor scopes it to the acting agent like DELETE by id."""
+    state = state_of(request)
+    try:
+        parsed = json.loads(await request.text() or "{}")
+    except ValueError:
+        return error("Invalid JSON body", 400)
+    if not isinstance(parsed, dict):
+        return error("Invalid JSON body", 400)
+    reason = text_or_none(parsed.get("reason")) or text_or_none(request.query.get("reason"))
+    if reason is None:
+        return error("reason is required", 400)
+    from_body = _positive_int(parsed.get("if_version"))
+    from_query = _positive_int(request.query.get("if_version"))
+    if from_body is False or from_query is False:
+        return error("if_version must be a positive integer", 400)
+    if_version = from_body if from_body is not None else from_query
+    assert if_version is None or isinstance(if_version, int)
+    owner = mutation_owner(state, request, *map(request.query.get, ("agent_id", "agentId")))
+    status, body = recover_one(
+        state.store,
+        request.match_info["id"],
+        if_version=if_version,
+        actor=actor(parsed, request),
+        owner=owner,
+    )
+    return json_response(body, status)
