@@ -1,0 +1,202 @@
+"""Exhaustion: a flood of idle connections is shed early (probes and cluster calls still
+served, readiness and metrics say so), and a spool on a full disk still drains, is
+reported, and refuses new writes with 503."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.memory.handoff import SPOOL
+from sidecar.security.limits import CONNECTIONS, PRIORITY_HEADROOM
+
+from .cluster_helpers import Cluster, Node, wait_for
+from .routing_helpers import client
+from .test_bad_input import ALICE, raw_exchange
+from .test_spool_handoff import contents, owner_down, remember_bob, spool_depth
+
+
+@contextlib.asynccontextmanager
+async def idle_connections(node: Node, count: int) -> AsyncIterator[list[asyncio.StreamWriter]]:
+    """`count` connections that send nothing (as in the incident: 1,100 of them)."""
+    assert node.settings is not None
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(count):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", node.settings.port)
+            writers.append(writer)
+        yield writers
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1."), answer[:80]
+    return int(answer.split(b" ", 2)[1])
+
+
+async def fresh_get(node: Node, path: str, headers: str = "") -> bytes:
+    return await raw_exchange(
+        node, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode()
+    )
+
+
+async def wait_open(node: Node, count: int) -> None:
+    async def counted() -> bool:
+        return node.app[CONNECTIONS].open >= count
+
+    await wait_for(counted, what=f"{count} connections to be counted")
+
+
+async def test_idle_connection_flood_is_shed_while_probes_and_cluster_calls_work(
+    cluster: Cluster,
+) -> None:
+    """Past max_connections a new client gets 503 at once (not a hang), while /livez,
+    /readyz and signed cluster calls are still answered; /readyz and /metrics name the
+    exhaustion; once the idle connections go, everything is served again."""
+    a = await cluster.add("a", ALICE, coordinator=True, max_connections=20)
+    async with idle_connections(a, 30):
+        await wait_open(a, 30)
+        assert status_of(await fresh_get(a, "/livez")) == 200
+        answer = await fresh_get(a, "/api/memories?limit=1")
+        assert status_of(answer) == 503 and b"too_many_connections" in answer, answer[:300]
+        ready = await fresh_get(a, "/readyz")
+        assert status_of(ready) == 503 and b"connection limit reached" in ready, ready
+        code, status, _ = await cluster.request(
+            "GET",
+            a.url + "/api/cluster/status",
+            headers={"Connection": "close"},
+        )
+        assert code == 200, status
+        metrics = await fresh_get(a, "/metrics")
+        # /metrics is not a probe: shed too. The gauge is read from the app instead.
+        assert status_of(metrics) == 503
+    guard = a.app[CONNECTIONS]
+    assert guard.shed_requests >= 2
+
+    async def recovered() -> bool:
+        return status_of(await fresh_get(a, "/readyz")) == 200
+
+    await wait_for(recovered, what="readiness after the flood")
+    assert status_of(await fresh_get(a, "/api/memories?limit=1")) == 200
+    code, text, _ = await client(cluster, "GET", a.url + "/metrics")
+    assert code == 200
+    assert 'signet_cluster_connections_shed_total{how="over_limit"}' in text
+    assert "signet_cluster_open_connections " in text
+
+
+async def test_one_source_cannot_take_every_connection(cluster: Cluster) -> None:
+    """A single address past max_connections_per_source gets 503 for new connections; the
+    node as a whole stays ready (one noisy client is not the node's problem)."""
+    a = await cluster.add(
+        "a", ALICE, coordinator=True, max_connections=1000, max_connections_per_source=10
+    )
+    async with idle_connections(a, 12):
+        await wait_open(a, 12)
+        answer = await fresh_get(a, "/api/memories?limit=1")
+        assert status_of(answer) == 503 and b"max_connections_per_source 10" in answer
+        assert status_of(await fresh_get(a, "/readyz")) == 200
+        assert status_of(await fresh_get(a, "/livez")) == 200
+
+
+async def test_connections_past_the_headroom_are_closed_at_accept(cluster: Cluster) -> None:
+    """Past max_connections plus the headroom kept for probes, a new connection is closed
+    as soon as it is accepted: a flood cannot run the process out of descriptors."""
+    a = await cluster.add("a", ALICE, coordinator=True, max_connections=4)
+    async with idle_connections(a, 4 + PRIORITY_HEADROOM + 10):
+
+        async def dropped() -> bool:
+            return a.app[CONNECTIONS].dropped >= 10
+
+        await wait_for(dropped, what="connections past the headroom to be closed")
+
+    async def settled() -> bool:
+        return a.app[CONNECTIONS].open <= 1
+
+    await wait_for(settled, what="the count to return to zero")
+
+
+# -- the spool on a full disk ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_mb: int) -> Iterator[Path]:
+    """A real filesystem of `size_mb` (tmpfs), or skip where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (CI runs these as root)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Take every free byte of the filesystem holding `path`."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        for size in (1 << 20, 4096, 512):
+            while True:
+                try:
+                    if os.write(fd, b"\1" * size) < size:
+                        break
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def test_a_full_disk_still_drains_and_is_reported(cluster: Cluster, tmp_path: Path) -> None:
+    """Writes spooled before the disk filled up are all delivered, once each, while the disk
+    stays full; meanwhile /readyz is 503 naming the full disk, /metrics shows it, and a
+    new write for the down owner gets 503 (not accepted). With space back, it is ready."""
+    with small_filesystem(tmp_path / "statefs", 24) as fs:
+        a, b, _clock = await owner_down(cluster, state_dir=str(fs / "state"))
+        for i in range(5):
+            code, body, _ = await remember_bob(cluster, a, f"Spooled before the disk filled {i}")
+            assert code == 202, body
+        filler = fill(fs)
+        code, body, headers = await remember_bob(cluster, a, "After the disk filled")
+        assert code == 503 and int(headers["Retry-After"]) > 0, body
+
+        async def reports_full() -> bool:
+            code, body, _ = await client(cluster, "GET", a.url + "/readyz")
+            return code == 503 and "disk" in body["reason"] and "full" in body["reason"]
+
+        await wait_for(reports_full, what="/readyz to report the full disk")
+        code, text, _ = await client(cluster, "GET", a.url + "/metrics")
+        assert "signet_cluster_spool_disk_full 1.0" in text
+
+        await cluster.start_sidecar(b)
+
+        async def drained() -> bool:
+            return await spool_depth(cluster, a) == 0
+
+        await wait_for(drained, timeout=20, what="the spool to drain on a full disk")
+        assert contents(b, "bob") == [f"Spooled before the disk filled {i}" for i in range(5)]
+
+        filler.unlink()
+
+        async def ready_again() -> bool:
+            await asyncio.to_thread(a.app[SPOOL].maintain)
+            code, _body, _ = await client(cluster, "GET", a.url + "/readyz")
+            return code == 200
+
+        await wait_for(ready_again, what="readiness once there is space again")
+        await cluster.stop_sidecar(a)
