@@ -200,3 +200,72 @@ async def test_a_full_disk_still_drains_and_is_reported(cluster: Cluster, tmp_pa
 
         await wait_for(ready_again, what="readiness once there is space again")
         await cluster.stop_sidecar(a)
+
+
+# -- pass-through uploads -------------------------------------------------------------------
+
+UPLOAD_HEAD = (
+    b"POST /api/documents HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/octet-stream\r\n\r\n"
+)
+
+
+async def trickle(node: Node, *, every: float, limit_s: float) -> bytes:
+    """A chunked upload of one byte every `every` seconds; returns the answer (or b"")."""
+    assert node.settings is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.settings.port)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    try:
+        writer.write(UPLOAD_HEAD)
+        while loop.time() < deadline:
+            try:
+                writer.write(b"1\r\na\r\n")
+                await writer.drain()
+            except ConnectionError:
+                break
+            try:
+                answer = await asyncio.wait_for(reader.read(4096), every)
+            except TimeoutError:
+                continue
+            return answer
+        return b"still open"
+    finally:
+        writer.close()
+
+
+async def test_a_trickling_upload_is_cut_off(cluster: Cluster) -> None:
+    """An upload passed through to the daemon that falls below min_upload_rate after its
+    first body_timeout seconds gets 408 (it no longer holds a daemon connection forever)."""
+    a = await cluster.add("a", ALICE, coordinator=True, body_timeout=0.5, min_upload_rate=100)
+    answer = await trickle(a, every=0.1, limit_s=8)
+    assert answer.startswith(b"HTTP/1.1 408") and b"upload too slow" in answer, answer[:300]
+
+
+async def test_one_client_cannot_hold_the_whole_upload_pool(cluster: Cluster) -> None:
+    """Past UPLOADS_PER_SOURCE uploads in progress from one address, another one is refused
+    at once (429); requests that are not uploads still get through to the daemon."""
+    from sidecar.memory.passthrough import UPLOADS_PER_SOURCE
+
+    a = await cluster.add("a", ALICE, coordinator=True, body_timeout=5.0, min_upload_rate=1)
+    assert a.settings is not None
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(UPLOADS_PER_SOURCE):
+            _r, writer = await asyncio.open_connection("127.0.0.1", a.settings.port)
+            writer.write(UPLOAD_HEAD + b"1\r\na\r\n")
+            await writer.drain()
+            held.append(writer)
+
+        from sidecar.memory.passthrough import UPLOAD_SLOTS
+
+        async def all_held() -> bool:
+            return sum(a.app[UPLOAD_SLOTS].by_source.values()) == UPLOADS_PER_SOURCE
+
+        await wait_for(all_held, what="the uploads to take their slots")
+        answer = await trickle(a, every=0.5, limit_s=3)
+        assert answer.startswith(b"HTTP/1.1 429") and b"too_many_uploads" in answer, answer[:200]
+        assert status_of(await fresh_get(a, "/api/status")) == 200
+    finally:
+        for writer in held:
+            writer.close()
