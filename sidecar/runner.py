@@ -19,7 +19,12 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.app import make_app
-from sidecar.security.limits import CONNECTIONS, ConnectionGuard, server_options
+from sidecar.security.limits import (
+    CONNECTIONS,
+    PRIORITY_HEADROOM,
+    ConnectionGuard,
+    server_options,
+)
 from signet_cluster.clock import Clock
 from signet_cluster.errors import ConfigError
 from signet_cluster.settings import Settings
@@ -65,11 +70,18 @@ def raise_fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def accept_backlog(fd_limit: int | None) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go:
+    a small descriptor limit cannot absorb a burst of 1,024 (one eighth of it can)."""
+    return 1024 if fd_limit is None else max(16, min(1024, fd_limit // 8))
+
+
 def fit_connections(guard: ConnectionGuard, fd_limit: int | None) -> None:
-    """Keep max_connections (and its headroom for probes) inside the descriptor limit."""
+    """Keep max_connections, its headroom for probes and one accept burst inside the
+    descriptor limit."""
     if fd_limit is None:
         return
-    room = max(16, fd_limit - FD_RESERVE - 64)
+    room = max(16, fd_limit - FD_RESERVE - PRIORITY_HEADROOM - accept_backlog(fd_limit))
     if guard.max_total > room:
         log.warning(
             "max_connections_lowered",
@@ -148,7 +160,7 @@ async def run_sidecar(
             runner,
             settings.host,
             settings.port,
-            backlog=1024,
+            backlog=accept_backlog(fd_limit),
             ssl_context=app[keys.AUTH].tls.server_context(),
         )
         await site.start()

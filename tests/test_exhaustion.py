@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import resource
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from sidecar.memory.handoff import SPOOL
 from sidecar.security.limits import CONNECTIONS, PRIORITY_HEADROOM
 
-from .cluster_helpers import Cluster, Node, wait_for
+from .cluster_helpers import Cluster, Node, free_port, wait_for
 from .routing_helpers import client
 from .test_bad_input import ALICE, raw_exchange
 from .test_spool_handoff import contents, owner_down, remember_bob, spool_depth
@@ -106,9 +109,10 @@ async def test_one_source_cannot_take_every_connection(cluster: Cluster) -> None
         assert status_of(await fresh_get(a, "/livez")) == 200
 
 
-async def test_connections_past_the_headroom_are_closed_at_accept(cluster: Cluster) -> None:
-    """Past max_connections plus the headroom kept for probes, a new connection is closed
-    as soon as it is accepted: a flood cannot run the process out of descriptors."""
+async def test_connections_past_the_headroom_make_room_for_newer_ones(cluster: Cluster) -> None:
+    """Past max_connections plus the headroom kept for probes, the oldest idle connection
+    is closed for each new one: a flood cannot run the process out of descriptors, and a
+    probe that arrives last is still answered."""
     a = await cluster.add("a", ALICE, coordinator=True, max_connections=4)
     async with idle_connections(a, 4 + PRIORITY_HEADROOM + 10):
 
@@ -116,6 +120,12 @@ async def test_connections_past_the_headroom_are_closed_at_accept(cluster: Clust
             return a.app[CONNECTIONS].dropped >= 10
 
         await wait_for(dropped, what="connections past the headroom to be closed")
+
+        async def bounded() -> bool:
+            return a.app[CONNECTIONS].open <= 4 + PRIORITY_HEADROOM
+
+        await wait_for(bounded, what="the open connections to stay within the headroom")
+        assert status_of(await fresh_get(a, "/livez")) == 200
 
     async def settled() -> bool:
         return a.app[CONNECTIONS].open <= 1
@@ -269,3 +279,94 @@ async def test_one_client_cannot_hold_the_whole_upload_pool(cluster: Cluster) ->
     finally:
         for writer in held:
             writer.close()
+
+
+# -- file descriptors, in a real `serve` process ------------------------------------------------
+
+
+async def serve_with_fd_limit(
+    tmp_path: Path, soft: int, hard: int
+) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SIGNET_CLUSTER_")},
+        "SIGNET_CLUSTER_PORT": str(port),
+        "SIGNET_CLUSTER_DAEMON_URL": "http://127.0.0.1:1",
+        "SIGNET_CLUSTER_WORKSPACE": str(tmp_path / "workspace"),
+        "SIGNET_CLUSTER_STATE_DIR": str(tmp_path / "state"),
+        "SIGNET_CLUSTER_COORDINATOR": "true",
+        "SIGNET_CLUSTER_LOG_FORMAT": "json",
+    }
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        "serve",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=limit,
+    )
+    return proc, port
+
+
+async def livez(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return (await asyncio.wait_for(reader.read(64), 5)).startswith(b"HTTP/1.1 200")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+async def test_a_connection_flood_under_a_low_fd_limit_keeps_livez_and_a_quiet_log(
+    tmp_path: Path,
+) -> None:
+    """With only 600 file descriptors (soft = hard), 700 idle connections do not run the
+    process out of them: /livez answers throughout, the start line shows max_connections
+    fitted to the limit, and the log stays small (no accept-error storm)."""
+    proc, port = await serve_with_fd_limit(tmp_path, 600, 600)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        await wait_for(lambda: livez(port), timeout=30, what="serve to listen")
+        for _ in range(700):
+            try:
+                _r, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            writers.append(writer)
+        for _ in range(3):
+            assert await livez(port), "/livez did not answer during the flood"
+    finally:
+        for writer in writers:
+            writer.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    started = next(json.loads(x) for x in log.splitlines() if '"sidecar_started"' in x)
+    assert started["open_files_limit"] == 600 and started["max_connections"] < 600 - 64
+    assert len(log) < 64 * 1024, len(log)
+
+
+async def test_the_soft_fd_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """Started with the usual soft limit below the hard one, the sidecar raises it."""
+    proc, port = await serve_with_fd_limit(tmp_path, 256, 4096)
+    try:
+        await wait_for(lambda: livez(port), timeout=30, what="serve to listen")
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    started = next(json.loads(x) for x in log.splitlines() if '"sidecar_started"' in x)
+    assert started["open_files_limit"] == 4096

@@ -297,8 +297,8 @@ def exhaustion_families(app: web.Application) -> Iterator[Metric]:
         )
         shed = CounterMetricFamily(
             f"{PREFIX}_connections_shed",
-            "Connections refused for being over a limit: 503 answered (over_limit) or "
-            "closed at accept (dropped).",
+            "Connections over a limit: answered 503 (over_limit), or closed before they "
+            "sent a request to make room for a newer one (dropped).",
             labels=("how",),
         )
         shed.add_metric(["over_limit"], guard.shed_requests)

@@ -86,9 +86,10 @@ async def body_limits(request: web.Request, handler: Handler) -> web.StreamRespo
 # -- open connections ---------------------------------------------------------------------
 # Every connection is a file descriptor. Past `max_connections` open (or
 # `max_connections_per_source` from one address) a new connection is still accepted, but
-# it is only served for liveness/readiness probes and signed cluster calls; anything else
-# gets 503 and the connection is closed. PRIORITY_HEADROOM more connections are allowed for
-# those; past that, new connections are closed the moment they are accepted.
+# it is only served for liveness/readiness probes and signed cluster calls, one request;
+# anything else gets 503 and the connection is closed. At most PRIORITY_HEADROOM such
+# connections are open at once: past that, the oldest one that has not started a request
+# is closed to make room, so a flood of idle connections cannot lock a probe out.
 PRIORITY_HEADROOM = 64
 # How long a connection admitted over the limit may take to send its one request.
 OVER_LIMIT_GRACE = 2.0
@@ -105,10 +106,12 @@ class ConnectionGuard:
         self.max_per_source = max_per_source
         self.open = 0
         self.by_source: dict[str, int] = {}
-        self.over_limit: set[asyncio.BaseTransport] = set()
+        # Connections admitted over a limit, oldest first (a dict keeps insertion order).
+        self.over_limit: dict[asyncio.BaseTransport, None] = {}
         self.busy: set[asyncio.BaseTransport] = set()
+        self._closing: set[asyncio.BaseTransport] = set()
         self.shed_requests = 0  # requests answered 503 on an over-limit connection
-        self.dropped = 0  # connections closed at accept (past the headroom)
+        self.dropped = 0  # connections closed unserved to make room
         self.accept_errors = 0
         self.last_accept_error: float | None = None
         self.accept_error_text = ""
@@ -139,12 +142,20 @@ class ConnectionGuard:
         self.by_source[source] = count
         if self.open <= self.max_total and count <= self.max_per_source:
             return
-        if self.open > self.max_total + PRIORITY_HEADROOM:
-            self.dropped += 1
-            transport.close()
-            return
-        self.over_limit.add(transport)
+        if len(self.over_limit) >= PRIORITY_HEADROOM:
+            victim = next((t for t in self.over_limit if t not in self.busy), None)
+            if victim is None:  # every one is being served: this one waits its turn
+                self._close(transport)
+                return
+            del self.over_limit[victim]
+            self._close(victim)
+        self.over_limit[transport] = None
         asyncio.get_running_loop().call_later(OVER_LIMIT_GRACE, self._expire, transport)
+
+    def _close(self, transport: asyncio.BaseTransport) -> None:
+        self.dropped += 1
+        self._closing.add(transport)
+        transport.close()
 
     def closed(self, transport: asyncio.BaseTransport) -> None:
         source = _source(transport)
@@ -154,12 +165,14 @@ class ConnectionGuard:
             self.by_source[source] = left
         else:
             self.by_source.pop(source, None)
-        self.over_limit.discard(transport)
+        self.over_limit.pop(transport, None)
         self.busy.discard(transport)
+        self._closing.discard(transport)
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
         if transport in self.over_limit and transport not in self.busy:
-            transport.close()
+            del self.over_limit[transport]
+            self._close(transport)
 
     def accept_failed(self, error: str) -> None:
         """asyncio could not accept a connection (out of file descriptors)."""
@@ -177,7 +190,7 @@ class ConnectionGuard:
                 f"cannot accept connections: {self.accept_error_text} "
                 f"({self.accept_errors} accept failures; {self.open} connections open)"
             )
-        if self.open >= self.max_total:
+        if self.open - len(self._closing) >= self.max_total:
             return (
                 f"connection limit reached: {self.open} open (max_connections "
                 f"{self.max_total}); new clients get 503"
@@ -192,7 +205,7 @@ class ConnectionGuard:
             "max_per_source": self.max_per_source,
             "busiest_source": busiest,
             "shed_requests": self.shed_requests,
-            "dropped_at_accept": self.dropped,
+            "closed_unserved": self.dropped,
             "accept_errors": self.accept_errors,
         }
 
