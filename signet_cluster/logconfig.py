@@ -5,7 +5,8 @@ Whatever a client can put in a log line is bounded here, because a log is a reso
 attacker can fill: every string field is cut to `MAX_FIELD_CHARS`, a malformed request
 (aiohttp's "Error handling request") is one short line without the traceback that would
 quote the request, and repeated warnings and errors (refused requests, accept failures)
-are rate-limited per kind, with the number left out reported on the next line let through.
+are rate-limited per kind, with the number left out reported on the next line let through
+(the sidecar's own events, such as a peer going down, are never dropped).
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ _LEVELS = {
 # Longer string values are cut: a path, a header or a node id from a request is at most
 # max_header_bytes (8 KiB by default), and 200 bad requests a second must not be 1.6 MB/s.
 MAX_FIELD_CHARS = 300
-# Per kind of warning or error: at most BURST lines per WINDOW seconds.
+# Per kind of warning or error a client can cause: at most BURST lines per WINDOW seconds.
 BURST = 10
 WINDOW = 10.0
+# Our events that a request from outside can trigger at will (by reason); every other event
+# of ours is the sidecar's own doing and is never dropped. Lines from other libraries
+# (aiohttp's server, asyncio's accept errors) are limited by their message.
+REQUEST_EVENTS = frozenset(
+    {"request_refused", "request_failed", "request_crashed", "spool_full", "spool_disk_full"}
+)
 
 
 def truncate(value: str, limit: int = MAX_FIELD_CHARS) -> str:
@@ -71,6 +78,8 @@ class LogGuard(logging.Filter):
             record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         if record.levelno < logging.WARNING:
+            return True
+        if isinstance(record.msg, dict) and record.msg.get("event") not in REQUEST_EVENTS:
             return True
         kind = (record.name, _kind_of(record))
         now = self._clock()
