@@ -32,6 +32,7 @@ from sidecar.memory.forward import (
 )
 from sidecar.memory.owner_checks import daemon_error
 from sidecar.memory.proxy import daemon_failure
+from sidecar.security.limits import body_incomplete
 
 # Bodies up to this size are read whole (fewer syscalls and no chunked encoding).
 _WHOLE = 256 * 1024
@@ -179,6 +180,8 @@ async def _relay(request: web.Request, upload: PacedUpload | None) -> web.Stream
                     "(setting body_timeout)",
                     code="body_timeout",
                 )
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                return body_incomplete()  # the client hung up halfway: nobody to answer
         elif upload is not None:
             data = upload.chunks()
     timeout = aiohttp.ClientTimeout(

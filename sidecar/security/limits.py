@@ -80,7 +80,17 @@ async def body_limits(request: web.Request, handler: Handler) -> web.StreamRespo
             )
         except web.HTTPRequestEntityTooLarge:
             return _too_large(settings.max_body_bytes)
+        except ConnectionResetError:
+            # The client hung up halfway through its body: nobody to answer, nothing to log.
+            return body_incomplete()
     return await handler(request)
+
+
+def body_incomplete() -> web.Response:
+    return web.json_response(
+        {"error": "the connection closed before the whole body arrived", "code": "body_incomplete"},
+        status=400,
+    )
 
 
 # -- open connections ---------------------------------------------------------------------
