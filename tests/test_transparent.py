@@ -42,7 +42,18 @@ def _calls(mem_id: str) -> list[tuple[str, str, Any, dict[str, str]]]:
 
 
 # Values that legitimately differ between two daemons (times, ids, ports, pids).
-ALLOW = ("uptime", "pid", "port", "startedAt", "agentsDir", "meta.timings")
+# A remember without a key gets the sidecar's idempotency key, so a stored row has one
+# (exactly once after a timeout: sidecar/pipeline/serve.py `keyed`).
+ALLOW = (
+    "uptime",
+    "pid",
+    "port",
+    "startedAt",
+    "agentsDir",
+    "meta.timings",
+    "idempotencyKey",
+    "idempotency_key",
+)
 
 
 async def _run(cluster: Cluster, base: str) -> list[tuple[int, Any]]:
