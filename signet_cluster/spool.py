@@ -45,8 +45,10 @@ from signet_cluster.spool_repair import (
 T = TypeVar("T")
 # Disk space set aside beside the spool (spool.db.reserve) and given back when the disk is
 # full, so the drain can still delete what it delivered: SQLite needs new pages in its WAL
-# even to delete. A delete costs a few pages; the WAL is checkpointed and reused at ~4 MiB.
-RESERVE_BYTES = 8 * 1024 * 1024
+# even to delete. A delete costs a few pages, and the WAL is checkpointed (then reused from
+# its start, in place) every WAL_CHECKPOINT_PAGES pages: it never needs more than ~1 MiB.
+RESERVE_BYTES = 2 * 1024 * 1024
+WAL_CHECKPOINT_PAGES = 256
 # Below this much free space (beside the reserve) the spool refuses new writes.
 FREE_MIN = 1024 * 1024
 
@@ -186,7 +188,8 @@ class Spool:
         self._lock = threading.Lock()
         self._ledger: Ledger | None = None
         self._conn = self._open_checked()
-        self._ledger = Ledger(self.ledger_path)
+        if self._ledger is None:  # (a damaged file found at open has opened a fresh one)
+            self._ledger = Ledger(self.ledger_path)
         self._restore_reserve()
 
     # -- opening, damage -------------------------------------------------------------------
@@ -201,6 +204,7 @@ class Spool:
             conn.execute("pragma journal_mode=wal")
             # FULL: every commit is fsync'd before it returns — the 202 promise.
             conn.execute("pragma synchronous=full")
+            conn.execute(f"pragma wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             conn.executescript(_SCHEMA)
         except sqlite3.Error:
             conn.close()
