@@ -1,5 +1,8 @@
-"""Bounds on what a client can make the sidecar hold: header sizes, idle and slow clients,
-body sizes and body read time.
+"""Bounds on what a client can make the sidecar hold: open connections, header sizes, idle
+and slow clients, body sizes and body read time.
+
+- Open connections: `max_connections` in all and `max_connections_per_source` from one
+  address (`ConnectionGuard`, below); past them only probes and cluster calls are served.
 
 - Request line and each header field: `max_header_bytes` (aiohttp answers 400 past it);
   at most 128 header fields.
