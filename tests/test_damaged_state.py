@@ -177,3 +177,26 @@ def test_a_read_only_state_directory_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in err and "Unclosed" not in err, err
     assert err.count("\n") == 0, err
     assert str(state / "sub") in err and "state_dir" in err, err
+
+
+def test_status_lists_exhaustion_and_damage_as_problems() -> None:
+    """`status` (exit 3, the Problems list) names a full connection table, a full spool
+    disk and a damaged spool file of the answering sidecar."""
+    from signet_cluster.explain import cluster_problems
+
+    status = {
+        "node_id": "a",
+        "nodes": [],
+        "local": {
+            "connections": {"exhausted": "connection limit reached: 20 open"},
+            "spool": {
+                "disk_full": "the disk holding the spool is full (0 bytes free)",
+                "damaged": {"unrecovered": 2, "report": "/x/spool.db.damaged-1.json"},
+            },
+        },
+    }
+    problems = cluster_problems(status)
+    assert any("connection limit reached" in p for p in problems)
+    assert any("disk holding the spool is full" in p for p in problems)
+    assert any("2 acknowledged writes could not be recovered" in p for p in problems)
+    assert cluster_problems({"nodes": [], "local": {"spool": {"disk_full": None}}}) == []
