@@ -8,11 +8,14 @@ cluster key) on loopback, then for `--seconds` sends, round-robin from `--concur
 workers: unsigned admin calls, signatures with an unknown key, tampered bodies, replays,
 stale timestamps, correctly signed but invalid messages (these fill the replay cache, which
 must stop at its size), malformed JSON, oversized bodies, oversized headers, garbage bytes on
-raw connections, and half-sent requests that are abandoned. Every second it samples the
-sidecar's RSS (/proc/PID/status). Prints a table of RSS over time and a JSON document:
-requests by kind and status, RSS at start / peak / end, growth over the second half, and
-whether the sidecar still answers /livez. Loopback only; bounded in time; stops everything
-it started.
+raw connections, half-sent requests that are abandoned, absolute-form request targets
+(`GET http://x/health`), over-long request lines, and recalls whose `limit` is an integer too
+large for a float (on a federated read: a second sidecar contributes). Every second it samples
+the sidecar's RSS (/proc/PID/status). Prints a table of RSS over time and a JSON document:
+requests by kind and status, RSS at start / peak / end, growth over the second half, whether
+the sidecar still answers /livez, and what the flood put in its log (bytes, lines, longest
+line, tracebacks; the sidecar logs at `warning`). Loopback only; bounded in time; stops
+everything it started.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class Flood:
 
     async def one(self, session: aiohttp.ClientSession, n: int) -> None:
         json_ct = {"Content-Type": "application/json"}
-        kind = n % 11
+        kind = n % 14
         if kind == 0:
             await self.http(session, "unsigned_admin", "POST", "/api/cluster/join", b"{}", json_ct)
         elif kind == 1:
@@ -193,6 +196,13 @@ class Flood:
             )
         elif kind == 9:
             await self.raw("garbage", os.urandom(4096) + b"\r\n\r\n")
+        elif kind == 11:
+            await self.raw("absolute_form", b"GET http://x/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        elif kind == 12:
+            await self.raw("long_line", b"GET /" + b"A" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        elif kind == 13:
+            body = b'{"query": "deploy", "agentId": "soak", "limit": ' + b"9" * 4000 + b"}"
+            await self.http(session, "huge_limit", "POST", "/api/memory/recall", body, json_ct)
         else:
             await self.raw(
                 "abandoned",
@@ -208,24 +218,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     secret.chmod(0o600)
     keyring = load_secret_file(secret)
     daemon_port, port = free_port(), free_port()
+    daemon2_port, port2 = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNET_CLUSTER_")}
-    procs = [
-        await asyncio.create_subprocess_exec(
-            *[PY, "-m", "cli", "devdaemon", "--port", str(daemon_port), "--path", str(root / "ws")],
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+    procs = []
+    for ws, dport, agent in (("ws", daemon_port, "soak"), ("ws2", daemon2_port, "other")):
+        (root / ws).mkdir()
+        # A shared reader, so a recall fans out to the second node.
+        (root / ws / "agent.yaml").write_text(
+            f"agents:\n  roster:\n  - name: {agent}\n    memory: {{read_policy: shared}}\n"
         )
-    ]
-    await wait_http(f"http://{HOST}:{daemon_port}/health")
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *[PY, "-m", "cli", "devdaemon", "--port", str(dport), "--path", str(root / ws)],
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
+        await wait_http(f"http://{HOST}:{dport}/health")
     sidecar_env = {
         **env,
         "SIGNET_CLUSTER_SECRET_FILE": str(secret),
         "SIGNET_CLUSTER_REPLAY_CACHE_SIZE": str(args.replay_cache_size),
         "SIGNET_CLUSTER_IDLE_TIMEOUT": "5",
         "SIGNET_CLUSTER_BODY_TIMEOUT": "5",
-        "SIGNET_CLUSTER_LOG_LEVEL": "error",
+        "SIGNET_CLUSTER_LOG_LEVEL": "warning",
+        "SIGNET_CLUSTER_LOG_FORMAT": "json",
     }
+    log_path = root / "sidecar.log"
+    log_file = log_path.open("wb")  # closed in the finally below
     sidecar = await asyncio.create_subprocess_exec(
         *[
             PY,
@@ -244,12 +265,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         env=sidecar_env,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=log_file,
     )
     procs.append(sidecar)
+    member = await asyncio.create_subprocess_exec(
+        *[
+            PY,
+            "-m",
+            "cli",
+            "serve",
+            "--port",
+            str(port2),
+            "--coordinators",
+            f"http://{HOST}:{port}",
+            "--daemon-url",
+            f"http://{HOST}:{daemon2_port}",
+            "--workspace",
+            str(root / "ws2"),
+            "--state-dir",
+            str(root / "state2"),
+        ],
+        env={**sidecar_env, "SIGNET_CLUSTER_LOG_LEVEL": "error"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    procs.append(member)
     base = f"http://{HOST}:{port}"
     try:
         await wait_http(base + "/livez")
+        await wait_http(f"http://{HOST}:{port2}/readyz")
         flood = Flood(base, port, keyring)
         samples: list[tuple[float, int, int]] = [(0.0, rss_kib(sidecar.pid), 0)]
         started = time.monotonic()
@@ -273,6 +317,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session, session.get(base + "/livez") as resp:
             alive = resp.status == 200
         half = [s[1] for s in samples if s[0] >= args.seconds / 2]
+        log_file.flush()
+        log_text = log_path.read_bytes().decode("utf-8", "replace")
+        log_lines = log_text.splitlines()
         return {
             "seconds": args.seconds,
             "concurrency": args.concurrency,
@@ -291,6 +338,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "samples": [{"t_s": round(t, 1), "rss_kib": r, "requests": n} for t, r, n in samples],
             "still_alive": alive,
+            "log": {
+                "bytes": len(log_text),
+                "lines": len(log_lines),
+                "longest_line": max((len(line) for line in log_lines), default=0),
+                "tracebacks": log_text.count("Traceback"),
+            },
             "sidecar_exit_code": sidecar.returncode,
         }
     finally:
@@ -303,6 +356,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        log_file.close()
+        if args.keep_log:
+            print(log_path.read_text(errors="replace"), file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -316,6 +372,11 @@ def table(result: dict[str, Any]) -> str:
         f"RSS start {r['start'] / 1024:.1f} MiB, peak {r['peak'] / 1024:.1f} MiB, end {r['end'] / 1024:.1f} MiB, "
         f"second-half growth {(r['second_half_growth'] or 0) / 1024:.1f} MiB, alive {result['still_alive']}"
     )
+    log = result["log"]
+    lines.append(
+        f"log {log['bytes']} bytes in {log['lines']} lines (longest {log['longest_line']}), "
+        f"tracebacks {log['tracebacks']}"
+    )
     return "\n".join(lines)
 
 
@@ -325,6 +386,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--replay-cache-size", type=int, default=20000)
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--keep-log", action="store_true", help="print the sidecar log to stderr")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 1800:
         raise SystemExit("--seconds: 1-1800 (the soak is bounded in time)")

@@ -112,6 +112,8 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     try:
         run_async(run_sidecar(settings))
+    except ConfigError as exc:  # e.g. a state directory that cannot be written
+        raise CliError("; ".join(exc.problems)) from None
     except OSError as exc:
         raise CliError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"

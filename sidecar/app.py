@@ -23,13 +23,18 @@ from sidecar.membership.watcher import watcher_ctx
 from sidecar.memory.handoff import handoff_ctx
 from sidecar.memory.passthrough import add_passthrough
 from sidecar.memory.proxy import proxy_ctx
-from sidecar.middlewares import errors, request_context
+from sidecar.middlewares import errors, origin_form, request_context
 from sidecar.ops import health, metrics, openapi, topology
 from sidecar.pipeline.agent_api import add_agent_api
 from sidecar.pipeline.routes import add_memory_api
 from sidecar.security.auth import AuthState, auth_ctx, authenticate
 from sidecar.security.auth import routes as auth_routes
-from sidecar.security.limits import body_limits
+from sidecar.security.limits import (
+    CONNECTIONS,
+    ConnectionGuard,
+    body_limits,
+    connection_limits,
+)
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.registry import Registry
 from signet_cluster.settings import Settings
@@ -85,10 +90,21 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, errors, body_limits, authenticate],
+        middlewares=[
+            connection_limits,
+            origin_form,
+            request_context,
+            errors,
+            body_limits,
+            authenticate,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[keys.SETTINGS] = settings
+    # Counts the listener's connections once the runner has a server (guard.watch).
+    app[CONNECTIONS] = ConnectionGuard(
+        settings.max_connections, settings.max_connections_per_source
+    )
     # Keys and certificates are read now: a sidecar that cannot authenticate does not start.
     app[keys.AUTH] = AuthState(settings)
     app[keys.AUTH].load()

@@ -30,6 +30,21 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.unbind_contextvars("request_id")
 
 
+@web.middleware
+async def origin_form(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only a path may follow the method (`GET /health`): an absolute URL as the target
+    (`GET http://x/health`, a proxy's form) names no resource here and cannot be relayed
+    to the daemon as a path, so it is refused before anything else reads it."""
+    if not request.raw_path.startswith("/") and request.raw_path != "*":
+        return json_error(
+            400,
+            "the request target must be a path starting with '/' (origin-form), "
+            "not an absolute URL",
+            "bad_request_target",
+        )
+    return await handler(request)
+
+
 def _is_cluster_path(path: str) -> bool:
     return path.startswith("/api/cluster/") or path in ("/livez", "/readyz")
 

@@ -374,4 +374,26 @@ def cluster_problems(status: Mapping[str, Any]) -> list[str]:
             f"agent {collision['agent_id']} is claimed by {', '.join(collision['claimants'])}; "
             f"owner {collision['winner']} ({collision['rule']})"
         )
+    problems.extend(_local_exhaustion(status))
     return problems
+
+
+def _local_exhaustion(status: Mapping[str, Any]) -> list[str]:
+    """What the answering sidecar has run out of: connections, the spool's disk, a spool
+    file found damaged."""
+    local = status.get("local") or {}
+    node = status.get("node_id") or "this sidecar"
+    found = []
+    connections = local.get("connections") or {}
+    if connections.get("exhausted"):
+        found.append(f"{node}: {connections['exhausted']}")
+    spool = local.get("spool") or {}
+    if spool.get("disk_full"):
+        found.append(f"{node}: {spool['disk_full']} (new spooled writes get 503)")
+    damaged = spool.get("damaged") or {}
+    if damaged:
+        found.append(
+            f"{node}: the spool file was damaged and moved aside; {damaged.get('unrecovered')} "
+            f"acknowledged writes could not be recovered (report: {damaged.get('report')})"
+        )
+    return found

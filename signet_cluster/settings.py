@@ -212,6 +212,24 @@ class Settings:
     body_timeout: float = attrs.field(
         default=30.0, metadata=_doc("Seconds a client has to send a body the sidecar reads.")
     )
+    min_upload_rate: int = attrs.field(
+        default=1024,
+        metadata=_doc(
+            "Bytes per second a body passed through to the daemon must average after its "
+            "first body_timeout seconds (408 and the upload cut below it)."
+        ),
+    )
+    max_connections: int = attrs.field(
+        default=4096,
+        metadata=_doc(
+            "Open client connections served normally (lowered at start to fit the file "
+            "descriptor limit); past it only probes and cluster calls are served, others 503."
+        ),
+    )
+    max_connections_per_source: int = attrs.field(
+        default=512,
+        metadata=_doc("Open connections one client address may hold before it gets 503s."),
+    )
 
     @property
     def ttl(self) -> float:
@@ -476,6 +494,9 @@ def _security_problems(settings: Settings) -> list[str]:
     for name in ("idle_timeout", "body_timeout"):
         if getattr(settings, name) <= 0:
             problems.append(f"{name}: must be greater than 0")
+    for name in ("min_upload_rate", "max_connections", "max_connections_per_source"):
+        if getattr(settings, name) < 1:
+            problems.append(f"{name}: must be at least 1")
     problem = unsafe_bind_problem(settings)
     if problem:
         problems.append(problem)

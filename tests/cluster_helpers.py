@@ -23,7 +23,7 @@ from yarl import URL
 
 from sidecar import keys
 from sidecar.app import make_app
-from sidecar.security.limits import server_options
+from sidecar.security.limits import CONNECTIONS, server_options
 from signet_cluster.clock import Clock
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
 from signet_cluster.security.keyring import Keyring, new_key, save_keyring
@@ -146,6 +146,9 @@ class Cluster:
         await node.sidecar_server.start_server(
             ssl=app[keys.AUTH].tls.server_context(), **server_options(node.settings)
         )
+        # Count connections as the runner does (sidecar/runner.py).
+        assert node.sidecar_server.runner is not None and node.sidecar_server.runner.server
+        app[CONNECTIONS].watch(node.sidecar_server.runner.server)
 
     async def stop_sidecar(self, node: Node) -> None:
         if node.sidecar_server is not None:

@@ -43,6 +43,9 @@ def _calls(mem_id: str) -> list[tuple[str, str, Any, dict[str, str]]]:
 
 # Values that legitimately differ between two daemons (times, ids, ports, pids), and the
 # sidecar's additive `cluster` blocks (the agent roster's, README "Agents across the cluster").
+# Values that legitimately differ between two daemons (times, ids, ports, pids).
+# A remember without a key gets the sidecar's idempotency key, so a stored row has one
+# (exactly once after a timeout: sidecar/pipeline/serve.py `keyed`).
 ALLOW = (
     "uptime",
     "pid",
@@ -52,6 +55,8 @@ ALLOW = (
     "meta.timings",
     "cluster",
     "agents[].cluster",
+    "idempotencyKey",
+    "idempotency_key",
 )
 
 

@@ -17,7 +17,9 @@ from sidecar.membership.coordinator import (
     encode_reply,
     require_coordinator,
 )
+from sidecar.memory.handoff import SPOOL
 from sidecar.security.auth import require_sender
+from sidecar.security.limits import CONNECTIONS
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import (
     ClusterError,
@@ -85,7 +87,19 @@ def spool_status(app: web.Application) -> dict[str, Any] | None:
     body: dict[str, Any] = unstructure(summary)
     oldest = summary.oldest_at
     body["oldest_age_s"] = round(max(0.0, app[keys.CLOCK].time() - oldest), 1) if oldest else None
+    spool = app.get(SPOOL)
+    if spool is not None:
+        # Why new writes get 503 (a full disk), and the last damaged file moved aside.
+        body["disk_full"] = spool.disk_full
+        body["damaged"] = spool.damage
     return body
+
+
+def connections_status(app: web.Application) -> dict[str, Any] | None:
+    guard = app.get(CONNECTIONS)
+    if guard is None:
+        return None
+    return {**guard.describe(), "exhausted": guard.exhaustion()}
 
 
 def local_status(app: web.Application) -> dict[str, Any]:
@@ -104,6 +118,7 @@ def local_status(app: web.Application) -> dict[str, Any]:
             "daemon": unstructure(app[keys.WATCHER].snapshot.info()),
             "agents": unstructure(app[keys.WATCHER].snapshot.agents),
             "spool": spool_status(app),
+            "connections": connections_status(app),
         },
         "coordinator_contacts": [
             membership.contact(u).summary(now)

@@ -46,6 +46,7 @@ from sidecar.security.auth import token_unverified
 from signet_cluster.daemon.adapt import search_as_recall_body
 from signet_cluster.daemon.agent_resolution import RouteKind
 from signet_cluster.daemon.visibility import contributing_agents
+from signet_cluster.errors import ValidationFailed
 from signet_cluster.merge import Leg, merge
 
 PARTIAL_HEADER = "x-signet-cluster-partial"
@@ -59,6 +60,8 @@ def _limit(value: object, default: int) -> int:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return default
+    except OverflowError:  # an integer of hundreds of digits: not a limit anyone means
+        raise ValidationFailed([f"limit: {str(value)[:20]}… is not a usable number"]) from None
     if math.isnan(number):
         return default
     return int(max(1.0, min(50.0, number)))

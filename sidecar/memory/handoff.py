@@ -51,6 +51,26 @@ def is_replay(headers: Mapping[str, str]) -> bool:
     return headers.get(REPLAY_HEADER) == "1"
 
 
+# How many damaged spool files have been reported in the log so far.
+DAMAGE_LOGGED = web.AppKey("spool_damage_logged", list[int])
+
+
+def note_damage(app: web.Application) -> None:
+    """Log, once per damaged file, what was moved aside and which writes it held."""
+    spool = app[SPOOL]
+    logged = app[DAMAGE_LOGGED]
+    if spool.damage is None or spool.damage_count == logged[0]:
+        return
+    logged[0] = spool.damage_count
+    log.error("spool_damaged", **spool.damage)
+
+
+def spool_problem(app: web.Application) -> str | None:
+    """Why this node cannot spool writes now (disk full), or None."""
+    spool = app.get(SPOOL)
+    return spool.problem() if spool is not None else None
+
+
 async def refresh_summary(app: web.Application) -> SpoolSummary:
     stats = await asyncio.to_thread(app[SPOOL].stats)
     oldest_at = (
@@ -102,9 +122,9 @@ async def spool_write(
             idempotency_key=key,
         )
     except SpoolFull as exc:
-        log.warning("spool_full", agent_id=agent_id, owner=owner["node_id"], reason=exc.reason)
-        return _not_spooled(agent_id, owner, why, exc.reason, "spool_full", exc.retry_after)
-    except sqlite3.Error as exc:
+        log.warning(exc.code, agent_id=agent_id, owner=owner["node_id"], reason=exc.reason)
+        return _not_spooled(agent_id, owner, why, exc.reason, exc.code, exc.retry_after)
+    except (sqlite3.Error, OSError) as exc:
         # Disk full, I/O error, a broken file: the write is not stored, and the client
         # must know it can retry (a 500 would not say so).
         log.error("spool_unavailable", agent_id=agent_id, owner=owner["node_id"], error=str(exc))
@@ -116,6 +136,8 @@ async def spool_write(
             "spool_unavailable",
             30,
         )
+    finally:
+        note_damage(app)
     summary = await refresh_summary(app)
     app[REPLAY_WAKE].set()
     log.info("write_spooled", agent_id=agent_id, owner=owner["node_id"], seq=seq, why=why)
@@ -259,9 +281,12 @@ async def replay_loop(app: web.Application) -> None:
             await asyncio.wait_for(wake.wait(), timeout=interval)
         wake.clear()
         try:
+            await asyncio.to_thread(app[SPOOL].maintain)
             await replay_round(app)
-        except Exception:
-            log.exception("spool_replay_failed")
+        except Exception as exc:
+            log.error("spool_replay_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            note_damage(app)
 
 
 async def handoff_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -273,6 +298,10 @@ async def handoff_ctx(app: web.Application) -> AsyncIterator[None]:
         max_age=settings.spool_max_age,
     )
     app[SPOOL] = spool
+    app[DAMAGE_LOGGED] = [0]
+    note_damage(app)
+    if spool.disk_full is not None:
+        log.error("spool_disk_full", reason=spool.disk_full, path=str(spool.path))
     app[SPOOL_SUMMARY] = []
     await refresh_summary(app)
 

@@ -6,6 +6,8 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.etcd.backend import ETCD
+from sidecar.memory.handoff import spool_problem
+from sidecar.security.limits import CONNECTIONS
 
 routes = web.RouteTableDef()
 
@@ -15,7 +17,24 @@ async def livez(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def exhaustion(app: web.Application) -> str | None:
+    """A resource this node has run out of (connections, file descriptors, spool disk):
+    not ready, so load balancers and operators send traffic elsewhere."""
+    guard = app.get(CONNECTIONS)
+    if guard is not None:
+        problem = guard.exhaustion()
+        if problem:
+            return problem
+    problem = spool_problem(app)
+    if problem:
+        return f"{problem}: new writes for unreachable owners get 503"
+    return None
+
+
 def readiness(app: web.Application) -> tuple[bool, str]:
+    problem = exhaustion(app)
+    if problem:
+        return False, problem
     snapshot = app[keys.WATCHER].snapshot
     if not snapshot.healthy:
         return False, snapshot.error or "local daemon is not healthy"

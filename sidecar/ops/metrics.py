@@ -22,10 +22,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 import attrs
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from sidecar import keys
+from sidecar.memory.handoff import SPOOL
+from sidecar.security.limits import CONNECTIONS
 from signet_cluster.protocol import PEER_STATES, PeerView
 from signet_cluster.registry import RegistryEvent
 
@@ -168,6 +170,7 @@ class ClusterCollector:
         if keys.IDENTITY in self.app and keys.WATCHER in self.app:
             self._fill(families)
         yield from families
+        yield from exhaustion_families(self.app)
         spool = self.app[keys.METRICS].spool_state
         if spool is not None:
             depth, oldest = spool
@@ -278,6 +281,46 @@ class ClusterCollector:
                 continue
             last_ok = membership.contact(url).last_ok
             contact_f.add_metric([url], math.inf if last_ok is None else max(0.0, now - last_ok))
+
+
+# -- exhaustion (issue 13): connections, file descriptors, the spool's disk -----------------
+def exhaustion_families(app: web.Application) -> Iterator[Metric]:
+    guard = app.get(CONNECTIONS)
+    if guard is not None:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_open_connections", "Client connections open now.", guard.open
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_max_connections",
+            "Connections served normally (max_connections, fitted to the descriptor limit).",
+            guard.max_total,
+        )
+        shed = CounterMetricFamily(
+            f"{PREFIX}_connections_shed",
+            "Connections over a limit: answered 503 (over_limit), or closed before they "
+            "sent a request to make room for a newer one (dropped).",
+            labels=("how",),
+        )
+        shed.add_metric(["over_limit"], guard.shed_requests)
+        shed.add_metric(["dropped"], guard.dropped)
+        yield shed
+        yield CounterMetricFamily(
+            f"{PREFIX}_accept_errors",
+            "Connections the listener could not accept (out of file descriptors).",
+            guard.accept_errors,
+        )
+    spool = app.get(SPOOL)
+    if spool is not None:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_spool_disk_full",
+            "1 while the disk holding the write spool is full (new spooled writes get 503).",
+            1.0 if spool.disk_full is not None else 0.0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_spool_damaged_files",
+            "Damaged spool files moved aside since start (see the spool_damaged log line).",
+            spool.damage_count,
+        )
 
 
 def cluster_snapshot(app: web.Application) -> tuple[list[PeerView], int, int, float]:

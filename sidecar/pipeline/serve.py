@@ -26,6 +26,7 @@ from sidecar.pipeline.decision import Decision
 from sidecar.pipeline.intake import Intake
 from sidecar.security.auth import token_unverified
 from signet_cluster.daemon.agent_resolution import RouteKind
+from signet_cluster.spool import ensure_idempotency_key
 
 
 @attrs.define
@@ -43,6 +44,8 @@ async def serve(
     target = decision.target
     if target is not None and target.kind != "local":
         outcome.target = target.node_id
+    if decision.spoolable and decision.action in ("local", "forward"):
+        intake = keyed(app, intake)
     if decision.action == "misrouted":
         outcome.outcome = "misrouted"
         return misrouted(app, decision.agent)
@@ -71,6 +74,19 @@ async def serve(
             return await _spool(request, decision, intake, outcome, exc.message)
         return owner_unreachable(app, target, exc)
     return to_response(raw, target.node_id)
+
+
+def keyed(app: web.Application, intake: Intake) -> Intake:
+    """A remember that may end up in the spool carries an idempotency key from its first
+    try: if that try lands after a timeout, the spool's replay then has the same key and
+    the daemon answers with the stored memory instead of storing it again (content-hash
+    dedupe alone does not cover long content, which the daemon splits into chunks)."""
+    assert intake.parsed is not None
+    parsed = dict(intake.parsed)
+    ensure_idempotency_key(parsed, app[keys.IDENTITY].node_id)
+    if parsed == intake.parsed:
+        return intake  # the client's own key: relay its bytes untouched
+    return attrs.evolve(intake, body=json.dumps(parsed).encode(), parsed=parsed)
 
 
 async def _serve_here(
