@@ -2,8 +2,9 @@
 
 Internal and signed like every sidecar-to-sidecar call (it is reached through PeerClient).
 The asking node names the reader (agent, read policy, group) and the recall; this node asks
-its own daemon (as an agent that may read every global memory here, over-fetching), then
-keeps only what the reader may see, using the daemon's `memories.db` (read-only) for each
+its own daemon (as a member of the reader's group where it has one, else as an agent that
+may read every global memory here), growing the window until `limit` hits the reader may
+see are kept or the daemon has no more, and keeps only what the reader may see, using the daemon's `memories.db` (read-only) for each
 hit's `agent_id` and `visibility` (`signet_cluster.daemon.visibility`). When that database cannot
 be read the node contributes nothing and answers 503 (fail closed), never unfiltered hits.
 
@@ -11,7 +12,8 @@ Request:  {"reader": {"agent_id", "read_policy": "shared"|"group", "policy_group
            "node_id"?}, "recall": {"query", ...recall filters} | "expand": {"entity",
            "aspect"?, "maxTokens"?}, "limit": 1-50, "timeout_ms"}
 Response: {"node_id", "read_as", "hits": [recall hits (or expand's {id, content}) +
-           "cluster": {"node_id", "agent_id"}], "fetched", "kept", "took_ms"}
+           "cluster": {"node_id", "agent_id"}], "fetched", "kept", "reads", "took_ms",
+           "note"? (when lower-ranked readable hits may be missing)}
 """
 
 from __future__ import annotations
@@ -107,23 +109,34 @@ class ContributionFailed(Exception):
 
 
 def overfetch(limit: int) -> int:
-    """How many hits to ask the daemon for: filtering drops some (private, isolated)."""
+    """How many hits to ask the daemon for first: filtering drops some (private, isolated)."""
     return min(MAX_LIMIT, max(limit * 2, limit + 5))
 
 
+def next_window(asked: int, fetched: int, kept: int, limit: int) -> int:
+    """The next, larger window after `asked` gave `kept` readable hits of `fetched`: sized by
+    the share seen so far to hold `limit` readable ones, at least double, at most 50."""
+    share = kept / fetched if fetched and kept else 0.0
+    wanted = int(limit / share * 1.25) + 1 if share else MAX_LIMIT
+    return min(MAX_LIMIT, max(asked * 2, wanted))
+
+
 def read_as(snapshot: DaemonSnapshot, reader: Reader) -> str | None:
-    """An agent whose daemon read returns every global memory here (`shared`), else, for a
-    group reader, a member of the group; None when this node has neither."""
+    """The agent this node's daemon reads as for `reader`, chosen for the narrowest window
+    that still holds everything the reader may see here: for a group reader, a member of
+    its group (its window is the group's global memories and its own); otherwise (or when
+    the node has no member of that group) a `shared` agent, whose window is every global
+    memory. None when the node has neither."""
+    if reader.read_policy == "group" and reader.policy_group is not None:
+        for agent in snapshot.agents:
+            if agent.read_policy == "group" and agent.policy_group == reader.policy_group:
+                return agent.id
     default = snapshot.agent(DEFAULT_AGENT)
     if default is not None and default.read_policy == "shared":
         return DEFAULT_AGENT
     for agent in snapshot.agents:
         if agent.read_policy == "shared":
             return agent.id
-    if reader.read_policy == "group":
-        for agent in snapshot.agents:
-            if agent.read_policy == "group" and agent.policy_group == reader.policy_group:
-                return agent.id
     return None
 
 
@@ -135,17 +148,25 @@ def _owners_and_policies(
     return owners, ownership.policies(owner.agent_id for owner in owners.values())
 
 
-async def compute(app: web.Application, request: ContributeRequest) -> dict[str, Any]:
-    """This node's contribution; raises ContributionFailed (nothing is contributed then)."""
-    started = time.perf_counter()
+@attrs.define
+class _Window:
+    """One read of the daemon: what it returned and what of it the reader may see."""
+
+    asked: int
+    hits: list[dict[str, Any]]
+    kept: list[dict[str, Any]]
+
+
+async def _read_window(
+    app: web.Application,
+    request: ContributeRequest,
+    agent: str,
+    asked: int,
+    timeout: float,
+) -> _Window:
     state = app[PROXY]
     snapshot = app[keys.WATCHER].snapshot
     node_id = app[keys.IDENTITY].node_id
-    agent = read_as(snapshot, request.reader)
-    if agent is None:
-        raise ContributionFailed(
-            409, f"node {node_id} has no shared agent to read its global memories as", "no_reader"
-        )
     if request.expand is not None:
         path, key, kind = "/api/knowledge/expand", "memories", RouteKind.EXPAND
         body = {k: v for k, v in request.expand.items() if k in ("entity", "aspect", "maxTokens")}
@@ -153,7 +174,7 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         assert request.recall is not None
         path, key, kind = "/api/memory/recall", "results", RouteKind.RECALL
         body = {k: v for k, v in request.recall.items() if k in RECALL_FIELDS}
-        body["limit"] = overfetch(request.limit)
+        body["limit"] = asked
     plan = plan_request(
         kind,
         snapshot.flavor,
@@ -168,7 +189,7 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
     try:
         raw = await state.daemon.send(
-            "POST", path, headers, json.dumps(plan.body).encode(), timeout=request.timeout_ms / 1000
+            "POST", path, headers, json.dumps(plan.body).encode(), timeout=timeout
         )
     except DaemonError as exc:
         raise ContributionFailed(
@@ -186,9 +207,11 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         raise ContributionFailed(
             502, f"daemon {path} answered {raw.status}: {text}", "daemon_error"
         )
-    ids = [h["id"] for h in hits if isinstance(h, dict) and isinstance(h.get("id"), str)]
+    hits = [h for h in hits if isinstance(h, dict) and isinstance(h.get("id"), str)]
     try:
-        owners, rows = await asyncio.to_thread(_owners_and_policies, state.ownership, ids)
+        owners, rows = await asyncio.to_thread(
+            _owners_and_policies, state.ownership, [h["id"] for h in hits]
+        )
     except OwnershipUnavailable as exc:
         raise ContributionFailed(
             503,
@@ -197,26 +220,73 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
         ) from None
     roster = {a.id: a for a in snapshot.agents}
     live = live_policies(rows)
-    kept: list[dict[str, Any]] = []
     reader = request.reader
+    kept: list[dict[str, Any]] = []
     for hit in hits:
-        if not isinstance(hit, dict) or not isinstance(hit.get("id"), str):
-            continue
         owner = owners.get(hit["id"])
         if not may_contribute(owner, roster, reader.read_policy, reader.policy_group, live):
             continue
         assert owner is not None
         kept.append(hit | {"cluster": {"node_id": node_id, "agent_id": owner.agent_id}})
-        if len(kept) >= request.limit:
+    return _Window(asked=asked, hits=hits, kept=kept)
+
+
+async def compute(app: web.Application, request: ContributeRequest) -> dict[str, Any]:
+    """This node's contribution; raises ContributionFailed (nothing is contributed then).
+
+    The daemon ranks everything its read-as agent may see, and some of that the reader may
+    not (isolated agents' global memories, the read-as agent's private ones, other groups'),
+    so a window of `limit` could hold none of the reader's hits. The window grows (up to the
+    daemons' maximum of 50) until it holds `limit` readable hits or the daemon has no more,
+    within `timeout_ms`. When even the largest window falls short, the answer says so."""
+    started = time.perf_counter()
+    node_id = app[keys.IDENTITY].node_id
+    agent = read_as(app[keys.WATCHER].snapshot, request.reader)
+    if agent is None:
+        raise ContributionFailed(
+            409, f"node {node_id} has no shared agent to read its global memories as", "no_reader"
+        )
+    deadline = started + request.timeout_ms / 1000
+    asked = overfetch(request.limit) if request.expand is None else MAX_LIMIT
+    rounds, note = 0, None
+    window: _Window | None = None
+    while True:
+        left = deadline - time.perf_counter()
+        if window is not None and left <= 0:
+            note = f"stopped after {rounds} reads at the deadline: lower-ranked hits may be missing"
             break
-    return {
+        try:
+            window = await _read_window(app, request, agent, asked, max(left, 0.001))
+        except ContributionFailed as exc:
+            if window is None or exc.status != 504:
+                raise
+            note = f"stopped after {rounds} reads at the deadline: lower-ranked hits may be missing"
+            break
+        rounds += 1
+        exhausted = len(window.hits) < asked  # the daemon has no more
+        if request.expand is not None or len(window.kept) >= request.limit or exhausted:
+            break
+        if asked >= MAX_LIMIT:
+            note = (
+                f"the daemon's largest window ({MAX_LIMIT}) held {len(window.kept)} memories "
+                "this reader may see; lower-ranked ones may be missing"
+            )
+            break
+        asked = next_window(asked, len(window.hits), len(window.kept), request.limit)
+    assert window is not None
+    kept = window.kept if request.expand is not None else window.kept[: request.limit]
+    body: dict[str, Any] = {
         "node_id": node_id,
         "read_as": agent,
         "hits": kept,
-        "fetched": len(hits),
+        "fetched": len(window.hits),
         "kept": len(kept),
+        "reads": rounds,
         "took_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+    if note is not None:
+        body["note"] = note
+    return body
 
 
 @routes.post(CONTRIBUTE_PATH)
