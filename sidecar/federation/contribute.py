@@ -19,8 +19,13 @@ Response: {"node_id", "read_as", "hits": [recall hits (or expand's {id, content}
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
+from collections import deque
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -36,6 +41,7 @@ from signet_cluster.daemon.adapt import plan_request
 from signet_cluster.daemon.agent_resolution import DEFAULT_AGENT, RouteKind
 from signet_cluster.daemon.ownership import MemoryOwner, MemoryOwnership, OwnershipUnavailable
 from signet_cluster.daemon.probe import DaemonSnapshot
+from signet_cluster.daemon.roster import load_manifest
 from signet_cluster.daemon.visibility import live_policies, may_contribute
 
 routes = web.RouteTableDef()
@@ -113,12 +119,47 @@ def overfetch(limit: int) -> int:
     return min(MAX_LIMIT, max(limit * 2, limit + 5))
 
 
-def next_window(asked: int, fetched: int, kept: int, limit: int) -> int:
-    """The next, larger window after `asked` gave `kept` readable hits of `fetched`: sized by
-    the share seen so far to hold `limit` readable ones, at least double, at most 50."""
-    share = kept / fetched if fetched and kept else 0.0
-    wanted = int(limit / share * 1.25) + 1 if share else MAX_LIMIT
-    return min(MAX_LIMIT, max(asked * 2, wanted))
+def window_cap(workspace: Path) -> int:
+    """The most hits one recall can return whatever its limit: TS daemons rank at most
+    `search.top_k` keyword candidates (default 20; the daemon reads `top_k` only beside
+    `search.alpha` in agent.yaml), and every daemon clamps `limit` to 50."""
+    search = load_manifest(workspace).get("search")
+    top_k = 20
+    if isinstance(search, dict) and search.get("alpha") is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            top_k = int(str(search.get("top_k", 20)))
+    return max(1, min(MAX_LIMIT, top_k))
+
+
+def just_after(stamp: str) -> str | None:
+    """The next representable `created_at` after `stamp`, in the daemon's own format (TS:
+    milliseconds and `Z`; Rust: microseconds and `+00:00`); None when it is neither."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp):
+        later = moment + timedelta(milliseconds=1)
+        return later.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", stamp):
+        return (moment + timedelta(microseconds=1)).isoformat(timespec="microseconds")
+    return None
+
+
+Span = tuple[str | None, str | None]  # (since, until), both inclusive, as the daemons filter
+
+
+def split_span(span: Span, hits: list[dict[str, Any]]) -> list[Span] | None:
+    """Two narrower spans that together cover `span`, cut inside the hits' creation times,
+    so each holds fewer of them; None when they cannot be told apart by time."""
+    stamps = sorted({h["created_at"] for h in hits if isinstance(h.get("created_at"), str)})
+    if len(stamps) < 2:
+        return None
+    cut = stamps[len(stamps) // 2 - 1]
+    after = just_after(cut)
+    if after is None:
+        return None
+    return [(span[0], cut), (after, span[1])]
 
 
 def read_as(snapshot: DaemonSnapshot, reader: Reader) -> str | None:
@@ -163,6 +204,7 @@ async def _read_window(
     agent: str,
     asked: int,
     timeout: float,
+    span: Span = (None, None),
 ) -> _Window:
     state = app[PROXY]
     snapshot = app[keys.WATCHER].snapshot
@@ -175,6 +217,9 @@ async def _read_window(
         path, key, kind = "/api/memory/recall", "results", RouteKind.RECALL
         body = {k: v for k, v in request.recall.items() if k in RECALL_FIELDS}
         body["limit"] = asked
+        for name, value in zip(("since", "until"), span, strict=True):
+            if value is not None:
+                body[name] = value
     plan = plan_request(
         kind,
         snapshot.flavor,
@@ -231,14 +276,21 @@ async def _read_window(
     return _Window(asked=asked, hits=hits, kept=kept)
 
 
+MAX_READS = 12  # daemon reads one contribution may take (each within the deadline)
+
+
 async def compute(app: web.Application, request: ContributeRequest) -> dict[str, Any]:
     """This node's contribution; raises ContributionFailed (nothing is contributed then).
 
-    The daemon ranks everything its read-as agent may see, and some of that the reader may
-    not (isolated agents' global memories, the read-as agent's private ones, other groups'),
-    so a window of `limit` could hold none of the reader's hits. The window grows (up to the
-    daemons' maximum of 50) until it holds `limit` readable hits or the daemon has no more,
-    within `timeout_ms`. When even the largest window falls short, the answer says so."""
+    The daemon ranks what its read-as agent may see, and some of that the reader may not
+    (isolated agents' global memories, the read-as agent's private ones, other groups'), so
+    one window could hold none of the reader's hits. A recall's window is at most the
+    daemon's cap (`window_cap`: 20 on a default TS daemon, whatever the limit), so asking
+    for more is not enough: while a full window holds fewer than `limit` readable hits, the
+    time span is split in two at the window's own creation times and each half is read
+    (the daemons filter on `since`/`until`), until `limit` readable hits are kept, the
+    daemon has no more, or the deadline or `MAX_READS` is reached (then the answer's
+    `note` says lower-ranked hits may be missing)."""
     started = time.perf_counter()
     node_id = app[keys.IDENTITY].node_id
     agent = read_as(app[keys.WATCHER].snapshot, request.reader)
@@ -247,41 +299,77 @@ async def compute(app: web.Application, request: ContributeRequest) -> dict[str,
             409, f"node {node_id} has no shared agent to read its global memories as", "no_reader"
         )
     deadline = started + request.timeout_ms / 1000
-    asked = overfetch(request.limit) if request.expand is None else MAX_LIMIT
-    rounds, note = 0, None
-    window: _Window | None = None
-    while True:
+    if request.expand is not None:
+        window = await _read_window(app, request, agent, MAX_LIMIT, request.timeout_ms / 1000)
+        return _answer(node_id, agent, window.kept, len(window.hits), 1, started, None)
+    assert request.recall is not None
+    cap = window_cap(app[keys.SETTINGS].workspace_path)
+    asked = min(overfetch(request.limit), MAX_LIMIT)
+    first: Span = (request.recall.get("since"), request.recall.get("until"))
+    spans: deque[Span] = deque([first])
+    seen: set[str] = set()
+    kept: list[dict[str, Any]] = []
+    fetched = reads = 0
+    note = None
+    while spans:
         left = deadline - time.perf_counter()
-        if window is not None and left <= 0:
-            note = f"stopped after {rounds} reads at the deadline: lower-ranked hits may be missing"
+        if reads and (left <= 0 or reads >= MAX_READS):
+            note = f"stopped after {reads} reads: lower-ranked hits may be missing"
             break
+        span = spans.popleft()
         try:
-            window = await _read_window(app, request, agent, asked, max(left, 0.001))
+            window = await _read_window(app, request, agent, asked, max(left, 0.001), span)
         except ContributionFailed as exc:
-            if window is None or exc.status != 504:
+            if not reads or exc.status != 504:
                 raise
-            note = f"stopped after {rounds} reads at the deadline: lower-ranked hits may be missing"
+            note = f"stopped after {reads} reads at the deadline: lower-ranked hits may be missing"
             break
-        rounds += 1
-        exhausted = len(window.hits) < asked  # the daemon has no more
-        if request.expand is not None or len(window.kept) >= request.limit or exhausted:
+        reads += 1
+        fetched += len(window.hits)
+        for hit in sorted(window.kept, key=lambda h: -_score(h)) if reads > 1 else window.kept:
+            if hit["id"] not in seen:
+                seen.add(hit["id"])
+                kept.append(hit)
+        if len(kept) >= request.limit:
             break
-        if asked >= MAX_LIMIT:
+        if len(window.hits) < min(asked, cap):
+            continue  # this span holds no more
+        if asked < min(cap, MAX_LIMIT):
+            asked = min(cap, MAX_LIMIT)  # a larger window first
+            spans.appendleft(span)
+            continue
+        halves = split_span(span, window.hits)
+        if halves is None:
             note = (
-                f"the daemon's largest window ({MAX_LIMIT}) held {len(window.kept)} memories "
-                "this reader may see; lower-ranked ones may be missing"
+                f"the daemon's window ({len(window.hits)}) held {len(window.kept)} memories this "
+                "reader may see and cannot be narrowed by time; lower-ranked ones may be missing"
             )
-            break
-        asked = next_window(asked, len(window.hits), len(window.kept), request.limit)
-    assert window is not None
-    kept = window.kept if request.expand is not None else window.kept[: request.limit]
+            continue
+        spans.extend(halves)
+    return _answer(node_id, agent, kept[: request.limit], fetched, reads, started, note)
+
+
+def _score(hit: dict[str, Any]) -> float:
+    value = hit.get("score")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _answer(
+    node_id: str,
+    agent: str,
+    kept: list[dict[str, Any]],
+    fetched: int,
+    reads: int,
+    started: float,
+    note: str | None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "node_id": node_id,
         "read_as": agent,
         "hits": kept,
-        "fetched": len(window.hits),
+        "fetched": fetched,
         "kept": len(kept),
-        "reads": rounds,
+        "reads": reads,
         "took_ms": round((time.perf_counter() - started) * 1000, 3),
     }
     if note is not None:
