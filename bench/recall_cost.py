@@ -107,7 +107,8 @@ async def real(root: Path, calls: int) -> dict[str, Any]:
     ws = root / "real"
     write_real_roster(ws, "0.145.7", [])
     port = low_free_port(23000)
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [str(REAL_SIGNET / "start-daemon"), "0.145.7", str(port), str(ws)],
         capture_output=True,
         text=True,
@@ -119,7 +120,9 @@ async def real(root: Path, calls: int) -> dict[str, Any]:
         await seed(port)
         rows = await profile(port, pid, calls)
     finally:
-        subprocess.run([str(REAL_SIGNET / "stop-daemon"), str(ws)], capture_output=True, check=False)
+        await asyncio.to_thread(
+            subprocess.run, [str(REAL_SIGNET / "stop-daemon"), str(ws)], capture_output=True
+        )
     return {"rows": rows, "fit": fit(rows)}
 
 
@@ -155,7 +158,9 @@ async def main() -> None:
         report["machine"] = {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}
         print(json.dumps(report, indent=2))
         if not args.json_only:
-            print(f"\n{'daemon':<16}{'limit':>6}{'rows':>6}{'bytes':>8}{'cpu ms':>9}{'p50 ms':>9}{'p99 ms':>9}")
+            print(
+                f"\n{'daemon':<16}{'limit':>6}{'rows':>6}{'bytes':>8}{'cpu ms':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            )
             for name, result in report.items():
                 if name == "machine":
                     continue
