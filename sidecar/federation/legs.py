@@ -7,6 +7,7 @@ hits, and describing every leg in the response's `cluster` block (see
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -241,22 +242,20 @@ async def await_contributions(
             owner_done = now
         due: dict[asyncio.Task[Outcome], float] = {}
         for task, p in waiting.items():
-            due[task] = started + p.budget
-            if owner_done is not None:
-                due[task] = max(due[task], owner_done + grace)
+            # Until the owner answers nobody is cut (each leg still ends by the ceiling).
+            due[task] = (
+                math.inf if owner_done is None else max(started + p.budget, owner_done + grace)
+            )
         for task in [t for t, at in due.items() if not t.done() and at <= now]:
             p = waiting.pop(task)
             waited = (now - started) * 1000
             p.leg.status = "timeout"
             p.leg.took_ms = round(waited, 3)
+            owner_ms = ((owner_done or now) - started) * 1000
             p.leg.error = (
-                f"no answer after {waited:.0f} ms (its budget {p.budget * 1000:.0f} ms"
-                + (
-                    ""
-                    if owner_done is None
-                    else f", owner answered at {(owner_done - started) * 1000:.0f} ms"
-                )
-                + "); still running, and a late answer is not counted as a failure"
+                f"no answer after {waited:.0f} ms (its budget {p.budget * 1000:.0f} ms, owner "
+                f"answered at {owner_ms:.0f} ms); still running, and a late answer is not "
+                "counted as a failure"
             )
         for task in [t for t in waiting if t.done()]:
             p = waiting.pop(task)
