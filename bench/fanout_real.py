@@ -359,6 +359,8 @@ async def dead_sidecar(
     url = cluster.members["node1"].url + "/api/memory/recall"
     body = {"query": token, "agentId": "bob"}
 
+    node2_leg_ms: list[float] = []
+
     async def p50(n: int) -> tuple[float | None, list[str]]:
         latencies, states = [], set()
         for _ in range(n):
@@ -366,6 +368,9 @@ async def dead_sidecar(
             answer = await post(session, url, body)
             latencies.append((time.perf_counter() - started) * 1000)
             states |= {f"{x['node_id']}:{x['status']}" for x in answer["cluster"]["nodes"]}
+            leg = next(x for x in answer["cluster"]["nodes"] if x["node_id"] == "node2")
+            if leg["status"] == "error" and leg["took_ms"] is not None:
+                node2_leg_ms.append(leg["took_ms"])  # the refused connection's own cost
         return pct(latencies, 0.5), sorted(states)
 
     before, before_states = await p50(60)
@@ -387,6 +392,8 @@ async def dead_sidecar(
         if refused is None or before is None
         else round(refused - before, 3),
         "added_ms_down": None if down is None or before is None else round(down - before, 3),
+        "refused_leg_p50_ms": pct(node2_leg_ms, 0.5),
+        "refused_leg_p99_ms": pct(node2_leg_ms, 0.99),
         "legs": {"before": before_states, "refused": refused_states, "down": down_states},
     }
 
