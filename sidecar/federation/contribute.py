@@ -41,7 +41,7 @@ from signet_cluster.daemon.adapt import plan_request
 from signet_cluster.daemon.agent_resolution import DEFAULT_AGENT, RouteKind
 from signet_cluster.daemon.ownership import MemoryOwner, MemoryOwnership, OwnershipUnavailable
 from signet_cluster.daemon.probe import DaemonSnapshot
-from signet_cluster.daemon.roster import load_manifest
+from signet_cluster.daemon.roster import MANIFEST_NAMES, load_manifest
 from signet_cluster.daemon.visibility import live_policies, may_contribute
 
 routes = web.RouteTableDef()
@@ -119,16 +119,36 @@ def overfetch(limit: int) -> int:
     return min(MAX_LIMIT, max(limit * 2, limit + 5))
 
 
+# workspace -> (agent.yaml's mtime and size, its window cap): parsing a real agent.yaml costs
+# milliseconds of CPU, too much for every contribution.
+_caps: dict[Path, tuple[tuple[int, int] | None, int]] = {}
+
+
+def _manifest_stamp(workspace: Path) -> tuple[int, int] | None:
+    for name in MANIFEST_NAMES:
+        with contextlib.suppress(OSError):
+            stat = (workspace / name).stat()
+            return stat.st_mtime_ns, stat.st_size
+    return None
+
+
 def window_cap(workspace: Path) -> int:
     """The most hits one recall can return whatever its limit: TS daemons rank at most
     `search.top_k` keyword candidates (default 20; the daemon reads `top_k` only beside
-    `search.alpha` in agent.yaml), and every daemon clamps `limit` to 50."""
+    `search.alpha` in agent.yaml), and every daemon clamps `limit` to 50. Re-read when
+    agent.yaml changes."""
+    stamp = _manifest_stamp(workspace)
+    cached = _caps.get(workspace)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     search = load_manifest(workspace).get("search")
     top_k = 20
     if isinstance(search, dict) and search.get("alpha") is not None:
         with contextlib.suppress(TypeError, ValueError):
             top_k = int(str(search.get("top_k", 20)))
-    return max(1, min(MAX_LIMIT, top_k))
+    cap = max(1, min(MAX_LIMIT, top_k))
+    _caps[workspace] = (stamp, cap)
+    return cap
 
 
 def just_after(stamp: str) -> str | None:
