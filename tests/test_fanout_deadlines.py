@@ -150,3 +150,7 @@ async def test_a_slow_healthy_node_is_learned_not_broken(cluster: Cluster) -> No
     assert after["status"] == "ok" and franks in after["ids"]
     _, status = await cluster.get(a.url + "/api/cluster/status")
     assert status["federation"]["nodes"]["b"]["opened"] == 0
+    code, text, _ = await client(cluster, "GET", a.url + "/metrics")
+    assert code == 200
+    assert 'signet_cluster_fanout_breaker_open{node_id="b"} 0.0' in text
+    assert 'signet_cluster_fanout_node_budget_seconds{node_id="b"}' in text

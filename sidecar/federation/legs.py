@@ -155,7 +155,7 @@ def start_contributions(
     for peer in contributors:
         node_id = me if peer is None else peer.node_id
         local = peer is None or node_id == me
-        roster = {a.id: a for a in (snapshot.agents if local else peer.agents)}  # type: ignore[union-attr]
+        roster = {a.id: a for a in (snapshot.agents if local or peer is None else peer.agents)}
         leg = LegResult(
             node_id=node_id,
             role="contributor",
