@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 from sidecar.federation.contribute import just_after, split_span, window_cap
+from sidecar.federation.health import FederationState
 from sidecar.federation.legs import LegResult, Outcome, Pending, await_contributions
 from signet_cluster.breaker import Breakers
 from signet_cluster.latency import MIN_SAMPLES, Latencies
@@ -28,6 +29,18 @@ def test_a_node_gets_the_ceiling_until_its_latency_is_known_then_p99_with_headro
     assert abs(book.budget("b", **limits) - (0.040 * 3 + 0.05)) < 1e-9
     book.observe("b", 5.0)  # a very slow answer: the budget follows, up to the ceiling
     assert book.budget("b", **limits) == 2.0
+
+
+def test_a_restarted_node_is_learned_again() -> None:
+    """A new sidecar instance: its old latencies are dropped, so it gets the ceiling."""
+    state = FederationState(breakers=Breakers())
+    state.restarted("b", "first")
+    for _ in range(MIN_SAMPLES):
+        state.latencies.observe("b", 0.010)
+    state.restarted("b", "first")
+    assert state.latencies.high("b") == 0.010
+    state.restarted("b", "second")
+    assert state.latencies.high("b") is None
 
 
 def test_a_breaker_opens_after_failures_in_a_row_and_a_success_resets_it() -> None:

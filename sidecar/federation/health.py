@@ -39,6 +39,14 @@ class FederationState:
     breakers: Breakers
     latencies: Latencies = attrs.Factory(Latencies)
     background: set[asyncio.Task[Any]] = attrs.Factory(set)
+    instances: dict[str, str] = attrs.Factory(dict)  # node id -> sidecar instance learned from
+
+    def restarted(self, node_id: str, instance_id: str) -> None:
+        """A node's sidecar started again: what was learned of it is stale (a fresh process
+        and a cold connection are slower), so it gets the ceiling until it is known again."""
+        if self.instances.get(node_id, instance_id) != instance_id:
+            self.latencies.forget(node_id)
+        self.instances[node_id] = instance_id
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task this state keeps (and cancels at shutdown) even after nobody awaits it."""

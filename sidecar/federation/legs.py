@@ -170,6 +170,8 @@ def start_contributions(
         if skip is not None:
             leg.status, leg.error = "skipped", skip
             continue
+        if not local and peer is not None and peer.instance_id is not None:
+            federation.restarted(node_id, peer.instance_id)
         url = None if local or peer is None else peer.url
         task = federation.spawn(_contribute(app, node_id, url, message, ceiling))
         pending.append(Pending(leg, task, federation.budget(node_id, settings)))
