@@ -462,6 +462,8 @@ def validate(settings: Settings) -> list[str]:
         problems.append("shutdown_timeout: must not be negative")
     if settings.fanout_headroom < 1:
         problems.append("fanout_headroom: must be at least 1")
+    if settings.fanout_ceiling > 60:
+        problems.append("fanout_ceiling: at most 60 seconds")
     if settings.fanout_grace >= settings.fanout_ceiling:
         problems.append("fanout_grace: must be shorter than fanout_ceiling")
     if settings.breaker_failures < 1:
