@@ -12,6 +12,7 @@ from sidecar.federation.contribute import just_after, split_span, window_cap
 from sidecar.federation.health import FederationState
 from sidecar.federation.legs import LegResult, Outcome, Pending, await_contributions
 from signet_cluster.breaker import Breakers
+from signet_cluster.explain import cluster_problems
 from signet_cluster.latency import MIN_SAMPLES, Latencies
 
 from .cluster_helpers import Cluster, wait_for
@@ -167,3 +168,20 @@ async def test_a_slow_healthy_node_is_learned_not_broken(cluster: Cluster) -> No
     assert code == 200
     assert 'signet_cluster_fanout_breaker_open{node_id="b"} 0.0' in text
     assert 'signet_cluster_fanout_node_budget_seconds{node_id="b"}' in text
+
+
+def test_an_open_breaker_is_a_problem_in_status() -> None:
+    """`status` (and its exit code) lists a contributor the asking sidecar skips."""
+    status = {
+        "nodes": [],
+        "federation": {
+            "as_seen_by": "a",
+            "nodes": {
+                "b": {"breaker": "open", "last_error": "answered 500"},
+                "c": {"breaker": "closed", "last_error": None},
+            },
+        },
+    }
+    assert cluster_problems(status) == [
+        "federated reads through a skip b: circuit breaker open (last error: answered 500)"
+    ]
