@@ -1,6 +1,9 @@
 """Federated recall benchmark (run by hand; not part of CI).
 
     .venv/bin/python bench/fanout.py [--requests 600] [--latency-ms 5] [--json-only]
+    .venv/bin/python bench/fanout.py --real [--clients 4] [--seconds 15] [--sequential 120]
+
+`--real` runs the real Signet daemons instead (bench/fanout_real.py says what it measures).
 
 For clusters of 1, 2, 4 and 8 nodes (a dev daemon with a fixed per-request latency standing
 in for daemon time plus LAN round trip, and a sidecar, each in its own process), the recall
@@ -8,10 +11,9 @@ latency p50/p99 of a `shared` reader whose owner is node 1, asked through node 1
 other node contributes. Also at 8 nodes with one node dead (its sidecar killed and marked
 down by the registry: skipped at once). The baseline is the slowest single node: the
 highest direct recall p50/p99 among the cluster's daemons. Targets: fan-out p50 within 2 ms
-of the slowest node at 8 nodes, and under the spec's 50 ms. Sidecars run with the default
-deadlines (fanout_node_timeout 30 ms, fanout_deadline 40 ms) unless --node-timeout and
---deadline say otherwise; answers that came back partial are counted, with the statuses of
-their missing nodes. `orchestration_p50_ms` is what the entry sidecar adds over its slowest
+of the slowest node at 8 nodes, and under the spec's 50 ms (a benchmark target, not a
+cut-off: sidecars run with the default learned deadlines unless --ceiling says otherwise);
+answers that came back partial are counted, with the statuses of their missing nodes. `orchestration_p50_ms` is what the entry sidecar adds over its slowest
 answering leg, from the `cluster` block's own timings: on a machine where all nodes share a
 few cores (16 processes here) the legs themselves slow down, and this separates the
 fan-out's cost from that contention.
@@ -201,14 +203,24 @@ async def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=5.0)
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--json-only", action="store_true")
-    parser.add_argument("--node-timeout", type=float, help="fanout_node_timeout for the sidecars")
-    parser.add_argument("--deadline", type=float, help="fanout_deadline for the sidecars")
+    parser.add_argument("--ceiling", type=float, help="fanout_ceiling for the sidecars")
+    parser.add_argument("--real", action="store_true", help="the real Signet daemons")
+    parser.add_argument("--clients", type=int, default=4, help="--real: concurrent clients")
+    parser.add_argument("--seconds", type=float, default=15.0, help="--real: concurrent run")
+    parser.add_argument("--sequential", type=int, default=120, help="--real: sequential reads")
+    parser.add_argument("--skip-dev", action="store_true", help="--real: no dev-daemon run")
+    parser.add_argument(
+        "--faults-on-dev", action="store_true", help="--real: kill phases on dev daemons too"
+    )
     args = parser.parse_args()
     # The sidecars read these from the environment they inherit.
-    if args.node_timeout is not None:
-        os.environ["SIGNET_CLUSTER_FANOUT_NODE_TIMEOUT"] = str(args.node_timeout)
-    if args.deadline is not None:
-        os.environ["SIGNET_CLUSTER_FANOUT_DEADLINE"] = str(args.deadline)
+    if args.ceiling is not None:
+        os.environ["SIGNET_CLUSTER_FANOUT_CEILING"] = str(args.ceiling)
+    if args.real:
+        from fanout_real import main_real
+
+        await main_real(args)
+        return
     root = Path(tempfile.mkdtemp(prefix="signet-bench-fanout-"))
     try:
         results = []
@@ -219,8 +231,7 @@ async def main() -> None:
         eight = next((r for r in results if r["nodes"] == 8), None)
         report = {
             "latency_ms_per_daemon": args.latency_ms,
-            "fanout_node_timeout": os.environ.get("SIGNET_CLUSTER_FANOUT_NODE_TIMEOUT", "0.030"),
-            "fanout_deadline": os.environ.get("SIGNET_CLUSTER_FANOUT_DEADLINE", "0.040"),
+            "fanout_ceiling": os.environ.get("SIGNET_CLUSTER_FANOUT_CEILING", "2.0"),
             "results": results,
             "targets": {
                 "within_2ms_of_slowest_at_8": None

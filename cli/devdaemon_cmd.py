@@ -49,6 +49,14 @@ from signet_cluster.devdaemon.app import run_devdaemon
     show_default=True,
     help="Memory routes answer 500 (error) or never answer (hang).",
 )
+@click.option(
+    "--recall-cost",
+    type=click.Choice(("off", "real")),
+    default="off",
+    show_default=True,
+    help="real: recall costs what a real 0.145.7 daemon's does (CPU per call and row, "
+    "response size); off: only the dev daemon's own cost.",
+)
 def devdaemon(
     path: Path,
     port: int,
@@ -57,6 +65,7 @@ def devdaemon(
     version: str | None,
     latency_ms: float,
     fail: str,
+    recall_cost: str,
 ) -> None:
     """Run a dev daemon: a stand-in Signet daemon with the same paths and shapes.
 
@@ -70,6 +79,7 @@ def devdaemon(
         version=version,
         latency_ms=latency_ms,
         fail=fail,
+        recall_cost=recall_cost,
     )
     try:
         run_devdaemon(config, lambda line: click.echo(line))

@@ -12,6 +12,7 @@ from sidecar import keys
 from sidecar.control import admin_api, cluster_api, routing_api
 from sidecar.etcd.backend import etcd_ctx
 from sidecar.federation import contribute
+from sidecar.federation.health import federation_ctx
 from sidecar.membership import admin_sync
 from sidecar.membership.coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
 from sidecar.membership.failsafe import failsafe_ctx
@@ -132,6 +133,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
             state_ctx,
             watcher_ctx,
             proxy_ctx,
+            federation_ctx,
             # Before the heartbeats, so the first one already describes the spool.
             handoff_ctx,
             coordinator_ctx,

@@ -14,6 +14,7 @@ from signet_cluster.settings import Settings
 from signet_cluster.state import StateStore
 
 if TYPE_CHECKING:
+    from sidecar.federation.health import FederationState
     from sidecar.membership.identity import NodeIdentity
     from sidecar.membership.peers import PeerClient
     from sidecar.membership.view import Membership
@@ -36,6 +37,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 AUTH: web.AppKey[AuthState] = web.AppKey("auth")
 # The memory API and federation (sidecar/memory/proxy.py).
 PROXY: web.AppKey[ProxyState] = web.AppKey("proxy")
+# Contributor breakers, learned latencies, background legs (sidecar/federation/health.py).
+FEDERATION: web.AppKey[FederationState] = web.AppKey("federation")
 # The spool as the last heartbeat should describe it (refreshed by sidecar.memory.handoff
 # after every change; read by the heartbeat and status without depending on the spool).
 SPOOL_SUMMARY = web.AppKey("spool_summary", list[SpoolSummary])

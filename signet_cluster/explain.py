@@ -374,6 +374,14 @@ def cluster_problems(status: Mapping[str, Any]) -> list[str]:
             f"agent {collision['agent_id']} is claimed by {', '.join(collision['claimants'])}; "
             f"owner {collision['winner']} ({collision['rule']})"
         )
+    federation = status.get("federation")
+    if isinstance(federation, Mapping):
+        for node_id, health in sorted((federation.get("nodes") or {}).items()):
+            if isinstance(health, Mapping) and health.get("breaker", "closed") != "closed":
+                problems.append(
+                    f"federated reads through {federation.get('as_seen_by')} skip {node_id}: "
+                    f"circuit breaker {health['breaker']} (last error: {health.get('last_error')})"
+                )
     problems.extend(_local_exhaustion(status))
     return problems
 

@@ -89,6 +89,13 @@ class Settings:
     roster_refresh: float = attrs.field(
         default=10.0, metadata=_doc("Seconds between re-reads of the daemon's health and roster.")
     )
+    daemon_health_interval: float = attrs.field(
+        default=0.5,
+        metadata=_doc(
+            "Seconds between quick /health checks of the local daemon (a dead daemon shows "
+            "within about this long, and at once when a request to it fails)."
+        ),
+    )
     peer_timeout: float = attrs.field(
         default=2.0, metadata=_doc("Timeout in seconds for heartbeats and admin calls to peers.")
     )
@@ -107,13 +114,28 @@ class Settings:
             "(event streams stay open longer than daemon_timeout)."
         ),
     )
-    fanout_node_timeout: float = attrs.field(
-        default=0.030,
-        metadata=_doc("Seconds each contributing node gets in a federated read (LAN default)."),
+    # Deadlines follow the daemons they wait for (sidecar/federation/deadlines.py): each
+    # contributor gets its learned budget, and at least the owner's own time plus the grace.
+    fanout_ceiling: float = attrs.field(
+        default=2.0,
+        metadata=_doc(
+            "Longest a contributing node is waited for in a federated read, in seconds (the "
+            "cap on its learned budget; raise it across a WAN)."
+        ),
     )
-    fanout_deadline: float = attrs.field(
-        default=0.040,
-        metadata=_doc("Seconds all contributing nodes together get in a federated read."),
+    fanout_grace: float = attrs.field(
+        default=0.050,
+        metadata=_doc(
+            "Seconds contributors get past the owner's own leg, and added to each node's "
+            "learned budget."
+        ),
+    )
+    fanout_headroom: float = attrs.field(
+        default=3.0,
+        metadata=_doc(
+            "A node's budget is this many times its recent p99 contribution latency (plus the "
+            "grace, at most the ceiling)."
+        ),
     )
     breaker_failures: int = attrs.field(
         default=3,
@@ -440,12 +462,13 @@ def validate(settings: Settings) -> list[str]:
         "heartbeat_interval",
         "reap_after",
         "roster_refresh",
+        "daemon_health_interval",
         "peer_timeout",
         "daemon_timeout",
         "forward_timeout",
         "stream_idle_timeout",
-        "fanout_node_timeout",
-        "fanout_deadline",
+        "fanout_ceiling",
+        "fanout_grace",
         "breaker_cooldown",
         "spool_max_bytes",
         "spool_max_age",
@@ -455,8 +478,12 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"{name}: must be greater than 0")
     if settings.shutdown_timeout < 0:
         problems.append("shutdown_timeout: must not be negative")
-    if settings.fanout_node_timeout > settings.fanout_deadline:
-        problems.append("fanout_node_timeout: must not be longer than fanout_deadline")
+    if settings.fanout_headroom < 1:
+        problems.append("fanout_headroom: must be at least 1")
+    if settings.fanout_ceiling > 60:
+        problems.append("fanout_ceiling: at most 60 seconds")
+    if settings.fanout_grace >= settings.fanout_ceiling:
+        problems.append("fanout_grace: must be shorter than fanout_ceiling")
     if settings.breaker_failures < 1:
         problems.append("breaker_failures: must be at least 1")
     if settings.peer_ttl is not None and settings.peer_ttl <= settings.heartbeat_interval:

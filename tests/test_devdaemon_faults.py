@@ -24,7 +24,7 @@ async def test_latency_is_added_except_on_health(
     status, _ = await asyncio.wait_for(call(client, "GET", "/health"), timeout=5)
     assert status == 200
     status, faults = await call(client, "POST", "/__devdaemon/faults", {"latency_ms": 0})
-    assert (status, faults) == (200, {"latency_ms": 0.0, "fail": "none"})
+    assert (status, faults) == (200, {"latency_ms": 0.0, "fail": "none", "recall_cost": None})
     assert await call(client, "GET", "/__devdaemon/faults") == (200, faults)
 
 
@@ -63,12 +63,41 @@ async def test_bad_fault_settings_are_refused(
 ) -> None:
     """Invalid fault settings answer 400 and change nothing."""
     client = await start_daemon(aiohttp_client, tmp_path, "ts")
-    for body in ({"fail": "explode"}, {"latency_ms": -1}, {"latency_ms": "fast"}):
+    bad: list[dict[str, object]] = [
+        {"fail": "explode"},
+        {"latency_ms": -1},
+        {"latency_ms": "fast"},
+        {"recall_cost": "cheap"},
+        {"recall_cost": {"cpu_ms_per_call": -1}},
+        {"recall_cost": {"cpu_ms_per_row": "x"}},
+        {"recall_cost": {"bogus": 1}},
+        {"latency_ms": 5, "recall_cost": "cheap"},  # one bad field: nothing applied
+    ]
+    for body in bad:
         assert (await call(client, "POST", "/__devdaemon/faults", body))[0] == 400
     assert await call(client, "GET", "/__devdaemon/faults") == (
         200,
-        {"latency_ms": 0.0, "fail": "none"},
+        {"latency_ms": 0.0, "fail": "none", "recall_cost": None},
     )
+
+
+async def test_the_recall_cost_knob_answers_like_0_145_7(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """recall_cost=real: the recall lists 0.145.7's 15 timing stages (its response size) and
+    the faults show the measured figures; off again gives the dev daemon's own answer."""
+    client = await start_daemon(aiohttp_client, tmp_path, "ts")
+    await call(client, "POST", "/api/memory/remember", {"content": "the zebra runbook"})
+    status, faults = await call(client, "POST", "/__devdaemon/faults", {"recall_cost": "real"})
+    assert status == 200 and faults["recall_cost"]["cpu_ms_per_call"] > 0
+    status, body = await call(client, "POST", "/api/memory/recall", {"query": "zebra"})
+    assert status == 200 and len(body["results"]) == 1
+    stages = body["meta"]["timings"]["stages"]
+    assert [s["name"] for s in stages][:2] == ["memory_fts", "query_embedding_total"]
+    assert len(stages) == 15
+    await call(client, "POST", "/__devdaemon/faults", {"recall_cost": "off"})
+    status, body = await call(client, "POST", "/api/memory/recall", {"query": "zebra"})
+    assert len(body["meta"]["timings"]["stages"]) == 1
 
 
 async def test_request_log_records_what_the_daemon_received(

@@ -99,8 +99,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[NetnsLab]:
         sidecar_env={
             "SIGNET_CLUSTER_FORWARD_TIMEOUT": "1.0",
             "SIGNET_CLUSTER_PEER_TIMEOUT": "0.5",
-            "SIGNET_CLUSTER_FANOUT_NODE_TIMEOUT": "0.3",
-            "SIGNET_CLUSTER_FANOUT_DEADLINE": "0.4",
+            "SIGNET_CLUSTER_FANOUT_CEILING": "0.4",
         },
     )
     try:

@@ -21,7 +21,7 @@ from .routing_helpers import (
 )
 
 # Generous for a loaded test machine; the timeout tests set their own.
-FANOUT = {"fanout_node_timeout": 2.0, "fanout_deadline": 3.0}
+FANOUT = {"fanout_ceiling": 3.0}
 
 
 async def _pair(cluster: Cluster) -> tuple[Node, Node]:

@@ -84,3 +84,19 @@ def test_non_finite_numbers_are_refused(tmp_path: Path) -> None:
     for name in ("reap_after", "peer_timeout", "port", "SIGNET_CLUSTER_HEARTBEAT_INTERVAL"):
         assert name in text
     assert "finite" in text
+
+
+def test_fanout_deadline_settings_are_checked() -> None:
+    """A ceiling past what a contribution may be given, a grace as long as the ceiling and
+    a headroom below 1 are refused, each with its reason."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            env={},
+            overrides={"fanout_ceiling": 90, "fanout_grace": 95, "fanout_headroom": 0.5},
+        )
+    problems = info.value.problems
+    assert any(p.startswith("fanout_ceiling: at most 60") for p in problems)
+    assert any(p.startswith("fanout_grace") for p in problems)
+    assert any(p.startswith("fanout_headroom") for p in problems)
+    settings = load_settings(env={"SIGNET_CLUSTER_FANOUT_CEILING": "5"})
+    assert (settings.fanout_ceiling, settings.fanout_grace) == (5.0, 0.05)

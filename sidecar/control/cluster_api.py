@@ -10,6 +10,7 @@ from aiohttp import web
 from sidecar import keys
 from sidecar.bodies import read_json
 from sidecar.etcd.backend import ETCD
+from sidecar.federation.health import peer_health
 from sidecar.keys import current_summary
 from sidecar.membership.coordinator import (
     accept_heartbeat,
@@ -182,9 +183,10 @@ async def status(request: web.Request) -> web.Response:
     """The cluster as the freshest source sees it: a coordinator answers from its registry;
     a member asks its coordinators and falls back to its own (possibly stale) copy."""
     app = request.app
-    if request.query.get("local") == "1":
-        return web.json_response(local_status(app))
-    return web.json_response(await freshest_status(app))
+    body = local_status(app) if request.query.get("local") == "1" else await freshest_status(app)
+    # Breakers and budgets are this sidecar's own (each node fans out on its own).
+    body["federation"] = {"as_seen_by": app[keys.IDENTITY].node_id, "nodes": peer_health(app)}
+    return web.json_response(body)
 
 
 async def freshest_status(app: web.Application) -> dict[str, Any]:

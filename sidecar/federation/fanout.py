@@ -6,10 +6,13 @@
   contributes (in parallel, one connection pool) the global memories the reader may see
   (`sidecar/federation/contribute.py`); the lists are merged (`signet_cluster.merge`).
 
-Contributors get a per-node timeout (`fanout_node_timeout`) and the whole fan-out a deadline
-(`fanout_deadline`); nodes known to be down are skipped at once, and a node that keeps
-failing is skipped for a while by its circuit breaker, then probed. The owner is waited for
-like any routed request (its answer *is* the answer). Degradation is explicit: the response
+Deadlines fit the daemons (`sidecar/federation/legs.py`): each contributor is waited for
+its learned budget (recent p99 x `fanout_headroom` + `fanout_grace`, at most
+`fanout_ceiling`) and at least as long as the owner's own leg took plus `fanout_grace`.
+Nodes down in the registry or with an unhealthy daemon are skipped at once, a refused
+connection fails at once, and a node that keeps failing (errors, no answer within the
+ceiling; never mere slowness) is skipped for a while by its circuit breaker, then probed.
+The owner is waited for like any routed request (its answer *is* the answer). Degradation is explicit: the response
 gets a top-level `cluster` block and an `x-signet-cluster-missing: <missing>/<total>` header;
 a reader that sends `x-signet-cluster-partial: deny` (or `?partial=deny`) gets a 503 instead
 of an incomplete answer.
@@ -30,13 +33,13 @@ from sidecar import keys
 from sidecar.federation.contribute import RECALL_FIELDS, Reader
 from sidecar.federation.legs import (
     LegResult,
+    await_contributions,
     cluster_block,
     contributors,
     count_fanout,
     start_contributions,
     tag_hits,
 )
-from sidecar.keys import PROXY
 from sidecar.membership.peers import ForwardFailed, RawResponse
 from sidecar.memory.forward import SERVED_BY_HEADER, DaemonError, to_response
 from sidecar.memory.owner_checks import daemon_error
@@ -152,21 +155,8 @@ async def federated_read(
         node_id=app[keys.IDENTITY].node_id,
     )
     owner_task = asyncio.create_task(_owner_leg(request, kind, target, body, parsed))
-    legs, tasks = start_contributions(app, others, reader, spec.ask, min(spec.limit, 50))
-    remaining = app[keys.SETTINGS].fanout_deadline - (time.perf_counter() - started)
-    if tasks:
-        _done, pending = await asyncio.wait(tasks, timeout=max(remaining, 0))
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    breakers, now = app[PROXY].breakers, app[keys.CLOCK].monotonic()
-    for task, leg in tasks.items():
-        if task.cancelled() or not task.done():
-            leg.status = "timeout"
-            leg.error = (
-                f"no answer within the fan-out deadline ({app[keys.SETTINGS].fanout_deadline:g}s)"
-            )
-        breakers.record(leg.node_id, leg.status == "ok", now)
+    legs, pending = start_contributions(app, others, reader, spec.ask, min(spec.limit, 50))
+    await await_contributions(pending, owner_task, app[keys.SETTINGS].fanout_grace, started)
     owner_leg, raw, answer = await owner_task
     if raw is not None and answer is None:
         return to_response(raw, target.node_id)  # not a result list: the owner's own answer

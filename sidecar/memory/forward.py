@@ -8,7 +8,7 @@ decompressed, so what the daemon sent is what the client gets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -108,6 +108,8 @@ class DaemonClient:
             auto_decompress=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
         )
+        # Told when a request gets no answer at all (refused, reset): the daemon may be dead.
+        self.on_unreachable: Callable[[str], None] | None = None
         url = URL(self.base_url)
         self.pool = (
             H1Pool(url.host or "127.0.0.1", url.port or 80, limit=limit)
@@ -136,6 +138,8 @@ class DaemonClient:
                     method, path_qs, headers.items(), body, seconds
                 )
             except H1Error as exc:
+                if not exc.timed_out and self.on_unreachable is not None:
+                    self.on_unreachable(str(exc))
                 raise DaemonError(str(exc), timed_out=exc.timed_out) from None
             return RawResponse(status, got, data)
         limit = self.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)

@@ -2,7 +2,7 @@
 checked) or relayed to the owner's sidecar in one hop.
 
 `ProxyState` holds what that needs for the life of the app (daemon connection pool, the
-read-only view of the daemon's `memories.db`, Rust sessions, federation health) and is
+read-only view of the daemon's `memories.db`, Rust sessions) and is
 created and closed by `proxy_ctx`.
 """
 
@@ -25,7 +25,6 @@ from sidecar.memory.forward import DaemonClient, DaemonError, request_headers
 from sidecar.memory.owner_checks import daemon_error
 from sidecar.memory.routing import Target, retry_after
 from sidecar.memory.rust_sessions import RustSessions, not_active
-from signet_cluster.breaker import Breakers
 from signet_cluster.daemon.adapt import Plan, plan_request
 from signet_cluster.daemon.agent_resolution import RouteKind, session_agent
 from signet_cluster.daemon.ownership import MemoryOwnership
@@ -40,7 +39,6 @@ TAG_HEADER = "x-signet-cluster-tag"
 class ProxyState:
     daemon: DaemonClient
     ownership: MemoryOwnership
-    breakers: Breakers
     sessions: RustSessions = attrs.Factory(RustSessions)
 
 
@@ -55,9 +53,9 @@ class EarlyResponse(Exception):
 async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     daemon = DaemonClient(settings.daemon_url, settings.daemon_timeout)
+    daemon.on_unreachable = app[keys.WATCHER].daemon_failed
     ownership = MemoryOwnership(settings.workspace_path / "memory" / "memories.db")
-    breakers = Breakers(threshold=settings.breaker_failures, cooldown=settings.breaker_cooldown)
-    app[PROXY] = ProxyState(daemon=daemon, ownership=ownership, breakers=breakers)
+    app[PROXY] = ProxyState(daemon=daemon, ownership=ownership)
     yield
     await daemon.close()
     await asyncio.to_thread(ownership.close)

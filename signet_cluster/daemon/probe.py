@@ -73,6 +73,19 @@ class DaemonAdapter:
                 body = None
             return resp.status, body
 
+    async def health(self, timeout: float) -> tuple[int, Any]:
+        """`GET /health` alone, within `timeout` (the watcher's quick check)."""
+        async with self.session.get(
+            self.base_url + "/health",
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers=self._headers,
+        ) as resp:
+            raw = await resp.read()
+            try:
+                return resp.status, json.loads(raw) if raw else None
+            except ValueError:
+                return resp.status, None
+
     async def detect_flavor(self) -> str:
         status, body = await self._get("/api/version")
         if status == 200 and isinstance(body, dict) and body.get("runtime") == "rust":

@@ -26,6 +26,13 @@ def parse_args(argv: list[str] | None = None) -> DevDaemonConfig:
     parser.add_argument(
         "--fail", choices=FAIL_MODES, default="none", help="make memory routes fail or hang"
     )
+    parser.add_argument(
+        "--recall-cost",
+        choices=("off", "real"),
+        default="off",
+        help="make recall cost what a real 0.145.7 daemon's does (CPU per call and row, "
+        "response size); off: the dev daemon's own cost",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port: {args.port} is not a TCP port (0-65535)")
@@ -38,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> DevDaemonConfig:
             version=args.version,
             latency_ms=args.latency_ms,
             fail=args.fail,
+            recall_cost=args.recall_cost,
         )
     except ValueError as exc:  # the config's own checks (e.g. a negative latency)
         parser.error(str(exc))

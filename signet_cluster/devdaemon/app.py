@@ -12,6 +12,7 @@ from signet_cluster.daemon.roster import read_yaml_roster
 
 from . import routes_misc, routes_read, routes_write
 from .config import DevDaemonConfig
+from .cost import parse_cost
 from .faults import (
     HANG_GATE_KEY,
     HangGate,
@@ -69,7 +70,11 @@ def make_devdaemon_app(config: DevDaemonConfig) -> web.Application:
     state = DaemonState(
         config=config,
         clock=Clock(rust=config.is_rust),
-        faults=Faults(latency_ms=config.latency_ms, fail=config.fail),
+        faults=Faults(
+            latency_ms=config.latency_ms,
+            fail=config.fail,
+            recall_cost=parse_cost(config.recall_cost),
+        ),
     )
     app = web.Application(middlewares=[faults_middleware, errors_middleware])
     app[STATE_KEY] = state

@@ -47,6 +47,9 @@ class DevDaemonConfig:
     version: str | None = None
     latency_ms: float = attrs.field(default=0.0, validator=_check_latency)
     fail: str = attrs.field(default="none", validator=_check_fail)
+    recall_cost: str = attrs.field(
+        default="off", validator=attrs.validators.in_(("off", "real"))
+    )  # devdaemon/cost.py presets
 
     @property
     def effective_version(self) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from aiohttp import web
 
 from .config import RECALL_TRUNCATE_CHARS
+from .cost import real_stages, spend
 from .http import RECALL_SHAPE, BodyRejected, error, json_response, read_object, text_response
 from .resolve import SESSION_HEADER, query_agent, read_scope, recall_agent
 from .search import (
@@ -161,6 +163,7 @@ def recall_response(
 
 
 async def recall(request: web.Request) -> web.Response:
+    cpu_started = time.thread_time()
     state = state_of(request)
     rust = state.config.is_rust
     try:
@@ -173,18 +176,24 @@ async def recall(request: web.Request) -> web.Response:
     session_key = None
     if not rust:
         session_key = text_or_none(body.get("sessionKey")) or request.headers.get(SESSION_HEADER)
-    return json_response(
-        recall_response(
-            state,
-            text_or_none(body.get("keywordQuery")) or query,
-            recall_agent(state, body, request),
-            _filters(body, rust=rust, legacy=state.config.is_legacy),
-            _limit(body.get("limit")),
-            session_key if state.config.has_agents else None,
-            body.get("includeRecalled") is True,
-        )
-        | {"query": query}
-    )
+    answer = recall_response(
+        state,
+        text_or_none(body.get("keywordQuery")) or query,
+        recall_agent(state, body, request),
+        _filters(body, rust=rust, legacy=state.config.is_legacy),
+        _limit(body.get("limit")),
+        session_key if state.config.has_agents else None,
+        body.get("includeRecalled") is True,
+    ) | {"query": query}
+    cost = state.faults.recall_cost
+    if cost is not None:
+        timings = answer.get("meta", {}).get("timings")
+        if cost.real_stages and isinstance(timings, dict):
+            timings["stages"] = real_stages(timings.get("totalMs", 0.0))
+        spend(cost, len(answer["results"]), cpu_started)
+        if cost.latency_ms:
+            await asyncio.sleep(cost.latency_ms / 1000)
+    return json_response(answer)
 
 
 async def rust_search(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ import attrs
 from aiohttp import web
 
 from .config import FAIL_MODES, DevDaemonConfig
+from .cost import RecallCost, parse_cost
 from .store import Store
 from .util import Clock
 
@@ -22,21 +23,32 @@ class Faults:
 
     latency_ms: float = 0.0
     fail: str = "none"
+    # What a recall costs (devdaemon/cost.py); None: only what the dev daemon itself spends.
+    recall_cost: RecallCost | None = None
 
     def update(self, body: dict[str, Any]) -> str | None:
-        """Apply ``{latency_ms?, fail?}``; returns an error message instead when invalid."""
+        """Apply ``{latency_ms?, fail?, recall_cost?}``; returns an error message instead
+        when invalid (and changes nothing)."""
         latency = body.get("latency_ms", self.latency_ms)
         fail = body.get("fail", self.fail)
         if isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0:
             return "latency_ms must be a number >= 0"
         if fail not in FAIL_MODES:
             return f"fail must be one of {', '.join(FAIL_MODES)}"
+        cost = self.recall_cost
+        if "recall_cost" in body:
+            try:
+                cost = parse_cost(body["recall_cost"])
+            except ValueError as exc:
+                return str(exc)
         self.latency_ms = float(latency)
         self.fail = str(fail)
+        self.recall_cost = cost
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"latency_ms": self.latency_ms, "fail": self.fail}
+        cost = None if self.recall_cost is None else self.recall_cost.as_dict()
+        return {"latency_ms": self.latency_ms, "fail": self.fail, "recall_cost": cost}
 
 
 @attrs.define(kw_only=True)
