@@ -45,6 +45,9 @@ class CoordinatorState:
     # When this process became a coordinator (app clock, monotonic): its registry is
     # rebuilt from heartbeats within a TTL, and replies say `warming` until then.
     since: float = 0.0
+    # Set when the registry saw a new or released agent claim: the admin sync loop
+    # persists and replicates it (sidecar.membership.admin_sync).
+    claims_dirty: asyncio.Event = attrs.field(factory=asyncio.Event)
 
 
 COORDINATOR = web.AppKey("coordinator", CoordinatorState)
@@ -148,6 +151,9 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
     registry = app[keys.REGISTRY]
     refuse_twin(registry, heartbeat)
     events = registry.apply_heartbeat(heartbeat, protocol)
+    if registry.has_claim_changes():
+        app[COORDINATOR].claims_dirty.set()
+        log_new_collisions(app)
     app[keys.METRICS].observe_events(events)
     for event in events:
         _log_event(event)
@@ -224,6 +230,8 @@ async def expiry_loop(app: web.Application) -> None:
     period = app[keys.SETTINGS].heartbeat_interval / 4
     while True:
         events = registry.expire()
+        if registry.has_claim_changes():  # a reaped node's claims are released
+            app[COORDINATOR].claims_dirty.set()
         app[keys.METRICS].observe_events(events)
         for event in events:
             _log_event(event)
