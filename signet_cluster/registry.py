@@ -304,6 +304,16 @@ class Registry:
         return result
 
 
+def _first_claim(
+    claimants: list[tuple[PeerView, AgentInfo]], seen: Mapping[str, float]
+) -> tuple[PeerView, AgentInfo]:
+    def order(claim: tuple[PeerView, AgentInfo]) -> tuple[bool, float, str]:
+        since = seen.get(claim[0].node_id)
+        return (since is None, since or 0.0, claim[0].node_id)
+
+    return min(claimants, key=order)
+
+
 def compute_routing(
     peers: Iterable[PeerView], adoptions: Mapping[str, str], claims: Claims
 ) -> tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]:
@@ -332,13 +342,7 @@ def compute_routing(
         if chosen:
             winner, rule = chosen[0], RULE_ADOPTED
         else:
-            seen = claims.get(agent_id, {})
-
-            def first_seen(claim: tuple[PeerView, AgentInfo]) -> tuple[bool, float, str]:
-                since = seen.get(claim[0].node_id)
-                return (since is None, since or 0.0, claim[0].node_id)
-
-            winner, rule = min(claimants, key=first_seen), RULE_FIRST_CLAIM
+            winner, rule = _first_claim(claimants, claims.get(agent_id, {})), RULE_FIRST_CLAIM
         if len(claimants) > 1:
             collisions.append(
                 Collision(
