@@ -176,6 +176,14 @@ class Settings:
             "another host is passed to the daemon to judge."
         ),
     )
+    auth_host_names: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "Extra HOST:PORT names this sidecar is reached by (a DNS alias, a port forward): a "
+            "signed request is accepted only when its Host names this sidecar (the advertised "
+            "URL, the address it arrived at, loopback names for local callers, or these)."
+        ),
+    )
     metrics_token_file: str | None = attrs.field(
         default=None,
         metadata=_doc(

@@ -212,13 +212,17 @@ class Cluster:
         if signed:
             host = target.host_port_subcomponent or ""
             sent["Host"] = host
-            sent.update((signer or self.signer).headers(method, host, target.raw_path_qs, data))
+            sent.update(
+                (signer or self.signer).headers(method, host, target.raw_path_qs, data, sent)
+            )
         async with self.session.request(
             method,
             target,
             # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
             data=io.BytesIO(data) if len(data) > 1_000_000 else data,
             headers=sent,
+            # A signature covers Content-Type: aiohttp must not add one it did not sign.
+            skip_auto_headers=("Content-Type",),
             ssl=self.ssl_context if self.ssl_context is not None else True,
         ) as resp:
             raw = await resp.read()

@@ -18,7 +18,9 @@ from signet_cluster.security.signing import AUTH_HEADERS, Signer
 
 HOP_HEADER = "x-signet-cluster-hop"
 # Headers aiohttp would add on its own; a forwarded request carries only the client's.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
+# Content-Type too: a signature covers it (signet_cluster.security.signing), so aiohttp must
+# not add one the signer did not see.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # The largest answer `call` reads: a heartbeat reply for 1,000 nodes is about 1.6 MB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -119,7 +121,8 @@ class PeerClient:
         self, method: str, url: URL, body: bytes, extra: Mapping[str, str]
     ) -> dict[str, str]:
         """The headers of every request to a peer: the one place they are built, and where
-        every request is signed (method, Host, path and query, body; signet_cluster.security.signing).
+        every request is signed (method, Host, path and query, the headers the receiver acts on,
+        body; signet_cluster.security.signing).
         Signature headers and Host arriving in `extra` (a forwarded client's) are replaced."""
         drop = {*AUTH_HEADERS, "host"}
         headers = {k: v for k, v in extra.items() if k.lower() not in drop}
@@ -127,7 +130,7 @@ class PeerClient:
         host = url.host_port_subcomponent or ""
         headers["Host"] = host
         if self.signer is not None:
-            headers.update(self.signer.headers(method, host, url.raw_path_qs, body))
+            headers.update(self.signer.headers(method, host, url.raw_path_qs, body, headers))
         return headers
 
     def _ssl(self, url: URL) -> ssl.SSLContext | bool:

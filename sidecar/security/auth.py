@@ -29,8 +29,9 @@ from typing import Literal
 import attrs
 import structlog
 from aiohttp import web
+from yarl import URL
 
-from sidecar.keys import AUTH, METRICS
+from sidecar.keys import AUTH, IDENTITY, METRICS
 from sidecar.membership.peers import HOP_HEADER
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.daemon.roster import load_manifest
@@ -55,6 +56,9 @@ Via = Literal["public", "signature", "certificate", "loopback", "bearer", "metri
 
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/health", "/api/cluster/openapi.json"})
 HEARTBEAT_PATH = "/api/cluster/heartbeat"
+# Set on a request a sidecar relays after admitting it on a bearer token alone (signed, so
+# it cannot be removed on the way): the receiver serves it only if its daemon checks tokens.
+BEARER_HEADER = "x-signet-cluster-bearer"
 PEER_PATHS = frozenset({HEARTBEAT_PATH, "/api/cluster/contribute"})
 # Answered by the sidecar, never by the daemon: a bearer token (which only the daemon can
 # judge) must not open them, so they are reads like GET /api/cluster/*.
@@ -227,6 +231,35 @@ class AuthState:
         self.daemon_mode = daemon_auth_mode(self.settings)
 
 
+def _netlocs(host: str, port: int) -> set[str]:
+    """How a Host header names host:port (without the port when it is the default)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    names = {f"{host}:{port}".lower()}
+    if port in (80, 443):
+        names.add(host.lower())
+    return names
+
+
+def receiver_names(request: web.Request, loopback: bool) -> frozenset[str]:
+    """Every Host value that names this sidecar: its advertised URL, `auth_host_names`, the
+    address the request arrived at, and (for callers on this host) the loopback names."""
+    app = request.app
+    auth = app[AUTH]
+    names: set[str] = {n.lower() for n in auth.settings.auth_host_names}
+    url = URL(app[IDENTITY].url)
+    if url.host is not None and url.port is not None:
+        names |= _netlocs(url.host, url.port)
+    transport = request.transport
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sock, tuple | list) and len(sock) >= 2:
+        names |= _netlocs(str(sock[0]), int(sock[1]))
+        if loopback:
+            for host in ("127.0.0.1", "localhost", "::1"):
+                names |= _netlocs(host, int(sock[1]))
+    return frozenset(names)
+
+
 def peer_address(request: web.Request) -> str | None:
     override = request.app[AUTH].peer_override
     if override is not None:
@@ -335,9 +368,20 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 method=request.method,
                 host=request.headers.get("Host", ""),
                 path_qs=request.raw_path,
+                headers=request.headers.items(),
                 body=body,
                 now=auth.clock.time(),
+                receiver=receiver_names(request, loopback),
             )
+            if BEARER_HEADER in request.headers and auth.daemon_mode != "team":
+                # Another sidecar let this in on a bearer token only a team-mode daemon
+                # can judge; this node's daemon would not check it.
+                raise AuthFailure(
+                    "bearer_unverified",
+                    "this request was admitted elsewhere on a bearer token, and this node's "
+                    f"daemon runs in {auth.daemon_mode} mode, which does not check tokens; "
+                    "sign the request with the cluster key (or use mTLS)",
+                )
             if cert_node is not None and cert_node != verified.node_id:
                 return _refused(
                     request,

@@ -12,12 +12,10 @@ A signed request carries five headers:
 | `x-signet-cluster-nonce` | 16-64 random characters `[A-Za-z0-9_-]`, never reused |
 | `x-signet-cluster-signature` | unpadded base64url HMAC-SHA256 of the canonical string |
 
-The canonical string is these lines joined by `\\n`: `signet-cluster-v1`, the method in upper
-case, the `Host` header in lower case (so a request cannot be replayed to another node), the
-path and query exactly as sent, the timestamp, the nonce, the node id, the key id, and the hex
-SHA-256 of the body. The verifier accepts a timestamp within `skew` seconds of its own clock and
-each nonce once; a nonce is remembered for the whole window, so a replay is refused until the
-timestamp is stale anyway.
+The canonical string is defined by `canonical` (its docstring is the one description of the
+format). The verifier accepts a timestamp within `skew` seconds of its own clock, each nonce
+once (a nonce is remembered for the whole window, so a replay is refused until the timestamp
+is stale anyway), and only a `Host` that names the receiver itself.
 """
 
 from __future__ import annotations
@@ -28,19 +26,21 @@ import heapq
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import attrs
 
 from signet_cluster.security.keyring import KEY_ID, Keyring
 
-VERSION = "signet-cluster-v1"
+VERSION = "signet-cluster-v2"
 NODE_HEADER = "x-signet-cluster-node"
 KEY_HEADER = "x-signet-cluster-key"
 TS_HEADER = "x-signet-cluster-ts"
 NONCE_HEADER = "x-signet-cluster-nonce"
 SIGNATURE_HEADER = "x-signet-cluster-signature"
 AUTH_HEADERS = (NODE_HEADER, KEY_HEADER, TS_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+_AUTH_HEADER_SET = frozenset(AUTH_HEADERS)
+_ALWAYS_SIGNED = frozenset({"authorization", "content-type", "content-encoding"})
 CLI_NODE_ID = "cli"
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -72,6 +72,21 @@ def body_sha256(body: bytes) -> str:
     return EMPTY_BODY_SHA256 if not body else hashlib.sha256(body).hexdigest()
 
 
+def signed_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers a signature covers: every header a receiver acts on, that is
+    `Authorization`, `Content-Type`, `Content-Encoding` and every `x-signet-*` header except
+    the five signature headers. Names lower-cased, several values of one name joined with
+    `,` in the order sent, sorted by name."""
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _ALWAYS_SIGNED or (
+            lower.startswith("x-signet-") and lower not in _AUTH_HEADER_SET
+        ):
+            found.setdefault(lower, []).append(value.strip())
+    return [(name, ",".join(found[name])) for name in sorted(found)]
+
+
 def canonical(
     *,
     method: str,
@@ -81,10 +96,30 @@ def canonical(
     nonce: str,
     node_id: str,
     key_id: str,
+    headers: Iterable[tuple[str, str]],
     body_digest: str,
 ) -> bytes:
-    parts = (VERSION, method.upper(), host.lower(), path_qs, str(ts_ms), nonce, node_id, key_id)
-    return ("\n".join(parts) + "\n" + body_digest).encode()
+    """The bytes a signature covers, as UTF-8: these lines joined by `\\n`
+
+        signet-cluster-v2
+        METHOD            (upper case)
+        host              (the Host header, lower case: the receiver must be named)
+        path?query        (exactly as sent, still percent-encoded)
+        ts_ms             (decimal)
+        nonce
+        node_id
+        key_id
+        name:value        (one line per header of `signed_headers(headers)`, may be none)
+        body-sha256       (lower-case hex of the body's SHA-256; of b"" when empty)
+
+    For example a GET of `/api/cluster/status` to `10.0.0.2:3860` with only
+    `Content-Type: application/json` is
+    `signet-cluster-v2\\nGET\\n10.0.0.2:3860\\n/api/cluster/status\\n<ts>\\n<nonce>\\n<node>`
+    `\\n<key>\\ncontent-type:application/json\\ne3b0c442...b855`."""
+    parts = [VERSION, method.upper(), host.lower(), path_qs, str(ts_ms), nonce, node_id, key_id]
+    parts += [f"{name}:{value}" for name, value in signed_headers(headers)]
+    parts.append(body_digest)
+    return "\n".join(parts).encode()
 
 
 def mac(secret: bytes, message: bytes) -> str:
@@ -114,8 +149,16 @@ class Signer:
         self.wall = wall
         self.nonce = nonce
 
-    def headers(self, method: str, host: str, path_qs: str, body: bytes) -> dict[str, str]:
-        """Signature headers, or {} when no keyring is configured."""
+    def headers(
+        self,
+        method: str,
+        host: str,
+        path_qs: str,
+        body: bytes,
+        sent: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """Signature headers for a request that also carries the headers `sent` (the ones
+        `signed_headers` picks are covered), or {} when no keyring is configured."""
         keyring = self.keyring()
         if keyring is None:
             return {}
@@ -130,6 +173,7 @@ class Signer:
             nonce=nonce,
             node_id=self.node_id,
             key_id=key.id,
+            headers=(sent or {}).items(),
             body_digest=body_sha256(body),
         )
         return {
@@ -160,6 +204,8 @@ class ReplayCache:
         self._seen: set[str] = set()
         self._heap: list[tuple[int, str]] = []
         self.floor_ms = floor_ms
+        # The floor is the start time until the cache first overflows.
+        self.started_ms = floor_ms
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -176,10 +222,17 @@ class ReplayCache:
         if nonce in self._seen:
             raise AuthFailure("replayed", "this request was already received (nonce reused)")
         if ts_ms <= self.floor_ms:
+            if self.floor_ms == self.started_ms:
+                raise AuthFailure(
+                    "signed_before_start",
+                    "this request was signed before this sidecar started, so it cannot tell "
+                    "whether it was already accepted (a replay after a restart); resend it "
+                    "with a fresh signature",
+                )
             raise AuthFailure(
                 "stale",
                 "request timestamp is older than this sidecar can still check for replays "
-                "(replay cache full); resend with a fresh timestamp",
+                "(its replay cache is full of newer requests); resend with a fresh signature",
             )
 
     def add(self, nonce: str, ts_ms: int, now_ms: int) -> None:
@@ -246,9 +299,19 @@ class Verifier:
         method: str,
         host: str,
         path_qs: str,
+        headers: Iterable[tuple[str, str]],
         body: bytes,
         now: float,
+        receiver: Collection[str] | None = None,
     ) -> Verified:
+        """Check one request; `receiver` is every `Host` value that names this sidecar
+        (None skips the check: unit tests of the signature alone)."""
+        if receiver is not None and host.lower() not in receiver:
+            raise AuthFailure(
+                "wrong_host",
+                f"this request was signed for {host!r}, which is not this sidecar "
+                "(a signature only holds for the sidecar it names)",
+            )
         keyring = self.keyring()
         if keyring is None:
             raise AuthFailure(
@@ -281,6 +344,7 @@ class Verifier:
                 nonce=presented.nonce,
                 node_id=presented.node_id,
                 key_id=presented.key_id,
+                headers=headers,
                 body_digest=body_sha256(body),
             ),
         )
