@@ -90,6 +90,8 @@ class SidecarClient:
             headers.update(
                 credentials.signer.headers(method, host, url.raw_path_qs, data or b"", headers)
             )
+        elif credentials is not None and credentials.viewer_token and method in ("GET", "HEAD"):
+            headers["Authorization"] = f"Bearer {credentials.viewer_token}"
         ssl_context = credentials.ssl_context if credentials is not None else None
         try:
             async with (

@@ -26,7 +26,7 @@ from sidecar.memory.proxy import proxy_ctx
 from sidecar.middlewares import errors, request_context
 from sidecar.ops import health, metrics, openapi, topology
 from sidecar.pipeline.routes import add_memory_api
-from sidecar.security.auth import AuthState, auth_ctx, authenticate
+from sidecar.security.auth import AuthState, auth_ctx, authenticate, check_reply
 from sidecar.security.auth import routes as auth_routes
 from sidecar.security.limits import body_limits
 from signet_cluster.clock import Clock, SystemClock
@@ -68,6 +68,9 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.peer_timeout,
         signer=auth.signer(node_id),
         ssl_context=lambda: auth.tls.client_context,
+        coordinator_signer=auth.coordinator_signer(node_id),
+        is_coordinator=lambda: identity.coordinator,
+        reply_problem=lambda response: check_reply(auth, response),
     )
     membership = Membership(
         self_url=settings.url,

@@ -42,6 +42,9 @@ class PeerRecord:
     last_seen: float | None = None  # monotonic
     down_since: float | None = None  # monotonic
     state: str = "down"
+    # The heartbeat's `coordinator: true` was sent with a coordinator credential; a node's
+    # own word is not enough to be listed as a coordinator.
+    coordinator_proven: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -76,7 +79,11 @@ class Registry:
     def _bump(self) -> None:
         self.version += 1
 
-    def apply_heartbeat(self, hb: Heartbeat, protocol: int) -> list[RegistryEvent]:
+    def apply_heartbeat(
+        self, hb: Heartbeat, protocol: int, *, coordinator_proven: bool = False
+    ) -> list[RegistryEvent]:
+        """Apply one heartbeat; `coordinator_proven` when it came with a coordinator
+        credential (only then does its `coordinator: true` make it a listed coordinator)."""
         now = self.clock.monotonic()
         events: list[RegistryEvent] = []
         record = self._peers.get(hb.node_id)
@@ -99,6 +106,7 @@ class Registry:
             or previous.url != hb.url
             or previous.instance_id != hb.instance_id
             or previous.coordinator != hb.coordinator
+            or record.coordinator_proven != coordinator_proven
             or previous.sidecar_version != hb.sidecar_version
             or previous.spool != hb.spool
         ):
@@ -116,6 +124,7 @@ class Registry:
         if previous is None or previous.agents is not hb.agents:
             self._observe_claims(hb.node_id, hb.agents)
         record.heartbeat = hb
+        record.coordinator_proven = coordinator_proven
         record.url = hb.url
         record.protocol = protocol
         record.last_seen = now
@@ -282,7 +291,7 @@ class Registry:
             url=record.url,
             state=record.state,
             joined=record.joined,
-            coordinator=hb.coordinator if hb else False,
+            coordinator=bool(hb and hb.coordinator and record.coordinator_proven),
             protocol=record.protocol,
             sidecar_version=hb.sidecar_version if hb else None,
             instance_id=hb.instance_id if hb else None,
