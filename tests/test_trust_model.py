@@ -3,13 +3,22 @@ replays one break found by the adversarial review and shows it no longer works."
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from sidecar import keys
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from click.testing import CliRunner
 
-from .cluster_helpers import Cluster, free_port, registry_of, wait_for
+from cli.main import cli
+from sidecar import keys
+from signet_cluster.security.signing import sign_reply
+
+from .cluster_helpers import TEST_SECRET, Cluster, free_port, registry_of, wait_for
 from .routing_helpers import (
     ALICE,
     BOB,
@@ -175,3 +184,152 @@ async def test_an_unreadable_modify_or_forget_body_is_refused(cluster: Cluster) 
     assert db_rows(a, "SELECT content, is_deleted FROM memories WHERE id = ?", (alices,)) == [
         ("alice's private memory", 0)
     ]
+
+
+async def test_a_node_key_cannot_change_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """Roles: a request signed with the cluster key (a node credential) cannot join,
+    remove, adopt, promote or demote, or change a member's coordinators (403 naming the
+    admin credential); the CLI holding only the cluster key says the same; the admin key
+    can."""
+    a, b = await two_nodes(cluster)
+    node = cluster.signer_for("b")
+    attempts = [
+        ("POST", a.url + "/api/cluster/promote", {"coordinator": False}),
+        ("POST", b.url + "/api/cluster/promote", {"coordinator": True}),
+        ("DELETE", a.url + "/api/cluster/peers/b", None),
+        ("POST", a.url + "/api/cluster/adopt", {"agent_id": "bob", "node_id": "b"}),
+        ("POST", a.url + "/api/cluster/join", {"address": b.url}),
+        ("POST", b.url + "/api/cluster/coordinators", {"remove": [a.url]}),
+        ("POST", a.url + "/api/cluster/admin", {"adoptions": []}),
+    ]
+    for method, url, body in attempts:
+        code, answer = await cluster._json(method, url, body, True, signer=node)
+        assert code == 403 and answer["reason"] == "role", (url, answer)
+    assert a.app[keys.IDENTITY].coordinator and not b.app[keys.IDENTITY].coordinator
+    assert b.app[keys.MEMBERSHIP].targets() == [a.url]
+    secret = tmp_path / "cluster.secret"
+    secret.write_text(TEST_SECRET)
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["--sidecar", b.url, "--secret-file", str(secret), "promote"],
+        env={"SIGNET_CLUSTER_ADMIN_KEY": ""},
+    )
+    assert result.exit_code != 0 and "admin credential" in result.output, result.output
+    assert not b.app[keys.IDENTITY].coordinator
+    code, answer = await cluster.post(b.url + "/api/cluster/promote", {"coordinator": True})
+    assert code == 200 and b.app[keys.IDENTITY].coordinator, answer
+
+
+async def test_a_viewer_token_reads_and_changes_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """A viewer token (viewer_token_file) from another host reads status, routes, resolve,
+    /cluster and /metrics; it cannot join, promote or adopt, nor read or write memories."""
+    token_file = tmp_path / "viewer.token"
+    token_file.write_text("viewer-token-0123456789abcdef\n")
+    a = await cluster.add("a", [ALICE], coordinator=True, viewer_token_file=str(token_file))
+    a.app[keys.AUTH].peer_override = OUTSIDER
+    viewer = {"Authorization": "Bearer viewer-token-0123456789abcdef"}
+    for path in (
+        "/api/cluster/status",
+        "/api/cluster/routes",
+        "/api/cluster/resolve?agent_id=alice",
+        "/cluster",
+        "/metrics",
+    ):
+        code, _answer, _ = await cluster.request("GET", a.url + path, headers=viewer, signed=False)
+        assert code == 200, path
+    for path, body in (
+        ("/api/cluster/promote", {"coordinator": False}),
+        ("/api/cluster/adopt", {"agent_id": "alice", "node_id": "a"}),
+        ("/api/memory/recall", {"query": "x", "agentId": "alice"}),
+        ("/api/memory/remember", {"content": "by a viewer", "agentId": "alice"}),
+    ):
+        code, answer = await cluster.post(a.url + path, body, signed=False, headers=viewer)
+        assert code == 401, (path, answer)
+    assert a.app[keys.IDENTITY].coordinator
+    code, _answer, _ = await cluster.request(
+        "GET",
+        a.url + "/api/cluster/status",
+        headers={"Authorization": "Bearer not-the-viewer-token-000"},
+        signed=False,
+    )
+    assert code == 401
+
+
+async def test_a_node_key_cannot_make_itself_a_coordinator(cluster: Cluster) -> None:
+    """Rogue coordinator: a key holder heartbeating with `coordinator: true` is not listed
+    as a coordinator, so no member starts heartbeating to it; a sidecar holding the
+    coordinator key and promoted by the admin is."""
+    a, b = await two_nodes(cluster)
+    rogue_url = f"http://127.0.0.1:{free_port()}"
+    beat = forged_heartbeat("rogue", rogue_url, [], coordinator=True)
+    code, body = await cluster.post(
+        a.url + "/api/cluster/heartbeat", beat, signer=cluster.signer_for("rogue")
+    )
+    assert code == 200, body
+    assert rogue_url not in body["coordinators"]
+    status = await cluster.status(a)
+    assert rogue_url not in status["coordinators"]
+    assert not next(n for n in status["nodes"] if n["node_id"] == "rogue")["coordinator"]
+    code, answer = await cluster.post(b.url + "/api/cluster/promote", {"coordinator": True})
+    assert code == 200, answer
+
+    async def b_listed() -> bool:
+        return b.url in (await cluster.status(a))["coordinators"]
+
+    await wait_for(b_listed, what="the promoted coordinator listed")
+    assert rogue_url not in b.app[keys.MEMBERSHIP].targets()
+
+
+async def test_a_member_takes_routes_only_from_a_signed_reply(cluster: Cluster) -> None:
+    """A forged heartbeat reply (from a server at a coordinator's address, signed with the
+    cluster key or not at all) routing alice elsewhere is refused: the member keeps its
+    routes and reports the coordinator's reply as not trusted."""
+    _a, b = await two_nodes(cluster)
+    evil_url = f"http://127.0.0.1:{free_port()}"
+    forged_keys: list[bool] = []
+
+    async def forged(request: web.Request) -> web.Response:
+        reply = {
+            "protocol": 1,
+            "coordinator_id": "a",
+            "registry": "forged:1",
+            "ttl_s": 5.0,
+            "routes": [
+                {"agent_id": "alice", "node_id": "evil", "url": evil_url, "read_policy": "shared"}
+            ],
+            "coordinators": [],
+        }
+        raw = json.dumps(reply).encode()
+        headers: dict[str, str] = {}
+        nonce = request.headers.get("x-signet-cluster-nonce")
+        if nonce and len(forged_keys) % 2:
+            headers = sign_reply(
+                request_nonce=nonce,
+                node_id="a",
+                status=200,
+                body_digest=hashlib.sha256(raw).hexdigest(),
+                role_key=None,
+                keyring=cluster.keyring,
+            )
+        forged_keys.append(True)
+        return web.Response(body=raw, content_type="application/json", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/api/cluster/heartbeat", forged)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        fake = str(server.make_url("")).rstrip("/")
+        await b.app[keys.MEMBERSHIP].add((fake,))
+
+        async def refused_twice() -> bool:
+            contact = b.app[keys.MEMBERSHIP].contact(fake)
+            return len(forged_keys) >= 2 and "not trusted" in (contact.error or "")
+
+        await wait_for(refused_twice, what="the forged replies refused")
+        assert fake not in b.app[keys.MEMBERSHIP].views
+        routes = await routes_of(cluster, b)
+        assert routes["alice"]["owner"]["node_id"] == "a"
+    finally:
+        await server.close()
