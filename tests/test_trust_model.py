@@ -333,3 +333,41 @@ async def test_a_member_takes_routes_only_from_a_signed_reply(cluster: Cluster) 
         assert routes["alice"]["owner"]["node_id"] == "a"
     finally:
         await server.close()
+
+
+async def test_a_signed_hop_cannot_be_redirected_to_another_agent(cluster: Cluster) -> None:
+    """Unsigned headers: an on-path attacker changing a signed hop's agent headers (bob to
+    alice) or adding a session key makes the owner refuse it (401 bad_signature); the hop
+    as signed is served."""
+    a, b = await two_nodes(cluster)
+    await remember(cluster, b.url, "carol's private recipe", "carol")
+    body = json.dumps({"query": "recipe", "agentId": "bob"}).encode()
+    sent = {
+        "Content-Type": "application/json",
+        "x-signet-cluster-hop": "a",
+        "x-signet-cluster-agent": "bob",
+    }
+    b_host = b.url.split("//")[1]
+    signed = cluster.signer_for("a").headers("POST", b_host, "/api/memory/recall", body, sent)
+    tampered = [
+        {"x-signet-cluster-agent": "carol"},
+        {"x-signet-agent-id": "carol"},
+        {"x-signet-session-key": "agent:carol:s1"},
+        {"Authorization": "Bearer whatever-token"},
+    ]
+    for change in tampered:
+        headers = {**sent, **signed, **change, "Host": b_host}
+        code, answer, _ = await cluster.request(
+            "POST", b.url + "/api/memory/recall", data=body, headers=headers, signed=False
+        )
+        assert code == 401 and answer["reason"] == "bad_signature", (change, answer)
+        assert "recipe" not in json.dumps(answer)
+    code, answer, _ = await cluster.request(
+        "POST",
+        b.url + "/api/memory/recall",
+        data=body,
+        headers={**sent, **signed, "Host": b_host},
+        signed=False,
+    )
+    assert code == 200, answer
+    del a
