@@ -290,6 +290,12 @@ class AuthState:
             "allow_unsigned_loopback_admin": self.settings.allow_unsigned_loopback_admin,
             "daemon_auth_mode": self.daemon_mode,
             "replay_cache": len(self.cache),
+            "role_keys": {
+                role: sorted(kid for kid, (r, _key) in self.role_keys.items() if r == role)
+                for role in ("admin", "coordinator")
+            },
+            "coordinator_key": self.coordinator_key.id if self.coordinator_key else None,
+            "viewer_token": self.viewer_token is not None,
         }
 
     def reload(self, force: bool = False) -> None:
