@@ -72,6 +72,7 @@ class Registry:
         # Claims first seen or released since the owner of this registry last persisted them
         # ((agent, node) -> first-seen time, or None for a release).
         self._claim_changes: dict[tuple[str, str], float | None] = {}
+        self._latest_claim = 0.0  # the newest `since` handed out here (claims stay ordered)
         self._routes_cache: tuple[int, tuple[tuple[RouteEntry, ...], tuple[Collision, ...]]] | None
         self._routes_cache = None
 
@@ -134,8 +135,8 @@ class Registry:
     def _claim_time(self) -> float:
         """Now, strictly after every claim recorded here: two claims seen one after the
         other are ordered even when the wall clock did not move (or moved back)."""
-        latest = max((t for held in self._claims.values() for t in held.values()), default=0.0)
-        return max(self.clock.time(), latest + 0.001)
+        self._latest_claim = max(self.clock.time(), self._latest_claim + 0.001)
+        return self._latest_claim
 
     def _observe_claims(self, node_id: str, agents: Iterable[AgentInfo]) -> None:
         """Record the agents this node claims for the first time, and release the ones its
@@ -186,6 +187,8 @@ class Registry:
                 del merged[agent_id]
         if merged != self._claims:
             self._claims = merged
+            newest = (t for held in merged.values() for t in held.values())
+            self._latest_claim = max(self._latest_claim, *newest, 0.0)
             self._bump()
 
     def has_claim_changes(self) -> bool:

@@ -371,3 +371,31 @@ async def test_a_signed_hop_cannot_be_redirected_to_another_agent(cluster: Clust
     )
     assert code == 200, answer
     del a
+
+
+async def test_a_new_coordinator_learns_who_held_an_agent_first(cluster: Cluster) -> None:
+    """Claims are replicated: a coordinator started after the owner's claim, which hears
+    the attacker's claim before the owner's, still routes the agent to the first holder."""
+    a = await cluster.add("a", [], coordinator=True)
+    n = await cluster.add("n", [BOB], coordinators=(a.url,))
+    await cluster.wait_states(a, {"n": "alive"})
+    beat = forged_heartbeat("aaa-evil", f"http://127.0.0.1:{free_port()}", ["bob"])
+    code, body = await cluster.post(
+        a.url + "/api/cluster/heartbeat", beat, signer=cluster.signer_for("aaa-evil")
+    )
+    assert code == 200, body
+    b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
+    beat["sent_at"] = time.time()
+    code, body = await cluster.post(
+        b.url + "/api/cluster/heartbeat", beat, signer=cluster.signer_for("aaa-evil")
+    )
+    assert code == 200, body
+
+    async def b_routes_bob_to_n() -> bool:
+        routes = {r.agent_id: r.node_id for r in registry_of(b).routing()[0]}
+        return routes.get("bob") == "n"
+
+    await wait_for(b_routes_bob_to_n, what="b to route bob to its first holder")
+    (collision,) = registry_of(b).routing()[1]
+    assert collision.winner == "n" and collision.rule == "first_claim"
+    del n
