@@ -220,8 +220,8 @@ class SimNode:
             "Content-Type": "application/json",
             "Content-Length": str(len(body)),
             "Accept-Encoding": "gzip",  # as a sidecar's aiohttp client sends
-            **self.signer(self.node_id).headers("POST", host, path, body),
         }
+        headers.update(self.signer(self.node_id).headers("POST", host, path, body, headers))
         head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return head.encode() + b"\r\n" + body
 

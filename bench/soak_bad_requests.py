@@ -74,6 +74,10 @@ async def wait_http(url: str, deadline_s: float = 20.0) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+# A signature covers Content-Type (signet_cluster.security.signing).
+JSON_CT = {"Content-Type": "application/json"}
+
+
 class Flood:
     def __init__(self, base: str, port: int, keyring: Keyring) -> None:
         self.base = base
@@ -87,7 +91,9 @@ class Flood:
         self.stale = Signer(lambda: keyring, "soak", wall=lambda: time.time() - 3600)
         self.statuses: Counter[str] = Counter()
         self.sent = 0
-        self.replay_headers = self.good.headers("POST", self.host, "/api/cluster/join", b"{}")
+        self.replay_headers = self.good.headers(
+            "POST", self.host, "/api/cluster/join", b"{}", JSON_CT
+        )
 
     async def http(
         self,
@@ -123,7 +129,7 @@ class Flood:
         self.sent += 1
 
     async def one(self, session: aiohttp.ClientSession, n: int) -> None:
-        json_ct = {"Content-Type": "application/json"}
+        json_ct = JSON_CT
         kind = n % 14
         if kind == 0:
             await self.http(session, "unsigned_admin", "POST", "/api/cluster/join", b"{}", json_ct)
@@ -135,10 +141,13 @@ class Flood:
                 "POST",
                 "/api/cluster/join",
                 body,
-                {**json_ct, **self.wrong.headers("POST", self.host, "/api/cluster/join", body)},
+                {
+                    **json_ct,
+                    **self.wrong.headers("POST", self.host, "/api/cluster/join", body, json_ct),
+                },
             )
         elif kind == 2:
-            headers = self.good.headers("POST", self.host, "/api/cluster/join", b"{}")
+            headers = self.good.headers("POST", self.host, "/api/cluster/join", b"{}", JSON_CT)
             await self.http(
                 session, "tampered", "POST", "/api/cluster/join", b'{"a":1}', {**json_ct, **headers}
             )
@@ -168,7 +177,10 @@ class Flood:
                 "POST",
                 "/api/cluster/heartbeat",
                 body,
-                {**json_ct, **self.good.headers("POST", self.host, "/api/cluster/heartbeat", body)},
+                {
+                    **json_ct,
+                    **self.good.headers("POST", self.host, "/api/cluster/heartbeat", body, json_ct),
+                },
             )
         elif kind == 6:
             body = b"{not json" * 100
@@ -178,7 +190,10 @@ class Flood:
                 "POST",
                 "/api/cluster/adopt",
                 body,
-                {**json_ct, **self.good.headers("POST", self.host, "/api/cluster/adopt", body)},
+                {
+                    **json_ct,
+                    **self.good.headers("POST", self.host, "/api/cluster/adopt", body, json_ct),
+                },
             )
         elif kind == 7:
             await self.http(

@@ -87,7 +87,11 @@ class SidecarClient:
         if credentials is not None and credentials.signer is not None:
             host = url.host_port_subcomponent or ""
             headers["Host"] = host
-            headers.update(credentials.signer.headers(method, host, url.raw_path_qs, data or b""))
+            headers.update(
+                credentials.signer.headers(method, host, url.raw_path_qs, data or b"", headers)
+            )
+        elif credentials is not None and credentials.viewer_token and method in ("GET", "HEAD"):
+            headers["Authorization"] = f"Bearer {credentials.viewer_token}"
         ssl_context = credentials.ssl_context if credentials is not None else None
         try:
             async with (

@@ -40,6 +40,10 @@ def parse_sidecars(value: str) -> tuple[str, ...]:
 class CliContext:
     sidecar: str
     timeout: float
+    # Credential files from the global options (cli/credentials.py); None: the environment.
+    secret_file: str | None = None
+    admin_key_file: str | None = None
+    viewer_token_file: str | None = None
 
     @property
     def client(self) -> SidecarClient:
@@ -48,7 +52,11 @@ class CliContext:
             base_url=urls[0],
             fallbacks=urls[1:],
             timeout=self.timeout,
-            credentials=load_credentials(),
+            credentials=load_credentials(
+                secret_file=self.secret_file,
+                admin_key_file=self.admin_key_file,
+                viewer_token_file=self.viewer_token_file,
+            ),
         )
 
 

@@ -1,12 +1,17 @@
-"""What the CLI proves itself with: the cluster key (to sign) and TLS files (to verify the
-sidecar and present a client certificate).
+"""What the CLI proves itself with, strongest first:
 
-Looked up in this order, the first found wins:
-1. `SIGNET_CLUSTER_SECRET`: the secret itself (handy in CI; prefer a file elsewhere);
-2. `SIGNET_CLUSTER_KEYRING_FILE`, then `SIGNET_CLUSTER_SECRET_FILE` (the sidecar's env names);
-3. `keyring_file` / `secret_file` in the TOML file named by `SIGNET_CLUSTER_CONFIG`.
+1. the **admin key** (an operator's Ed25519 private key, signet_cluster.security.roles): the
+   only credential that may join, remove, adopt, promote or change coordinators. From
+   `--admin-key-file`, `SIGNET_CLUSTER_ADMIN_KEY` (the key text itself, for CI) or
+   `SIGNET_CLUSTER_ADMIN_KEY_FILE`. The CLI then signs every request as `admin`.
+2. the **cluster key** (a node credential: it reads, it cannot change the cluster). From
+   `--secret-file`, `SIGNET_CLUSTER_SECRET` (the secret itself), `SIGNET_CLUSTER_KEYRING_FILE`,
+   `SIGNET_CLUSTER_SECRET_FILE`, else `keyring_file` / `secret_file` in the TOML file named by
+   `SIGNET_CLUSTER_CONFIG`. The CLI signs as node `cli`.
+3. a **viewer token** (`--viewer-token-file` or `SIGNET_CLUSTER_VIEWER_TOKEN_FILE`): sent as
+   a bearer token on reads only.
 TLS: `SIGNET_CLUSTER_TLS_CA_FILE`, `..._TLS_CERT_FILE`, `..._TLS_KEY_FILE`, else the same
-TOML keys. The CLI signs as node `cli`.
+TOML keys (an admin certificate carries the OU `signet-cluster-admin`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from signet_cluster.security.keyring import (
     load_configured,
     secret_problem,
 )
-from signet_cluster.security.signing import CLI_NODE_ID, Signer
+from signet_cluster.security.roles import RoleKey, load_role_key, parse_role_key
+from signet_cluster.security.signing import CLI_NODE_ID, RoleSigner, Signer
 from signet_cluster.security.tls import TlsManager
 from signet_cluster.settings import ENV_PREFIX, read_toml
 
@@ -37,9 +43,39 @@ from .client import CliError
 
 @attrs.frozen
 class Credentials:
-    signer: Signer | None = None
+    signer: Signer | RoleSigner | None = None
     ssl_context: ssl.SSLContext | None = None
     keyring: Keyring | None = attrs.field(default=None, repr=False)
+    # Sent as `Authorization: Bearer` on reads when nothing signs (viewer_token_file).
+    viewer_token: str | None = attrs.field(default=None, repr=False)
+    # "admin", "node", "viewer" or "none": what `status` and errors can say the CLI holds.
+    role: str = "none"
+
+
+ADMIN_NODE_ID = "admin"
+
+
+def load_admin_key(env: Mapping[str, str], admin_key_file: str | None) -> RoleKey | None:
+    raw = env.get(ENV_PREFIX + "ADMIN_KEY")
+    path = admin_key_file or env.get(ENV_PREFIX + "ADMIN_KEY_FILE")
+    try:
+        if path:
+            return load_role_key(path, "admin key file")
+        if raw:
+            return parse_role_key(raw, "SIGNET_CLUSTER_ADMIN_KEY")
+    except ConfigError as exc:
+        raise CliError("cannot read the admin key: " + "; ".join(exc.problems)) from None
+    return None
+
+
+def load_viewer_token(env: Mapping[str, str], viewer_token_file: str | None) -> str | None:
+    path = viewer_token_file or env.get(ENV_PREFIX + "VIEWER_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the viewer token {path}: {type(exc).__name__}") from None
 
 
 def _config_values(env: Mapping[str, str]) -> dict[str, Any]:
@@ -52,7 +88,12 @@ def _config_values(env: Mapping[str, str]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if isinstance(v, str)}
 
 
-def load_keyring(env: Mapping[str, str]) -> Keyring | None:
+def load_keyring(env: Mapping[str, str], secret_file: str | None = None) -> Keyring | None:
+    if secret_file:
+        try:
+            return load_configured(secret_file, None)
+        except ConfigError as exc:
+            raise CliError("cannot read the cluster key: " + "; ".join(exc.problems)) from None
     raw = env.get(ENV_PREFIX + "SECRET")
     if raw:
         secret = raw.strip().encode()
@@ -73,9 +114,18 @@ def load_keyring(env: Mapping[str, str]) -> Keyring | None:
         raise CliError("cannot read the cluster key: " + "; ".join(exc.problems)) from None
 
 
-def load_credentials(env: Mapping[str, str] | None = None) -> Credentials:
+def load_credentials(
+    env: Mapping[str, str] | None = None,
+    *,
+    secret_file: str | None = None,
+    admin_key_file: str | None = None,
+    viewer_token_file: str | None = None,
+) -> Credentials:
+    """The CLI's credentials: explicit files (global options) first, then the environment."""
     env = os.environ if env is None else env
-    keyring = load_keyring(env)
+    keyring = load_keyring(env, secret_file)
+    admin = load_admin_key(env, admin_key_file)
+    viewer = load_viewer_token(env, viewer_token_file)
     config = _config_values(env)
 
     def pick(name: str) -> str | None:
@@ -89,5 +139,12 @@ def load_credentials(env: Mapping[str, str] | None = None) -> Credentials:
         except ConfigError as exc:
             raise CliError("; ".join(exc.problems)) from None
         context = tls.client_context
-    signer = Signer(lambda: keyring, CLI_NODE_ID, wall=time.time) if keyring is not None else None
-    return Credentials(signer=signer, ssl_context=context, keyring=keyring)
+    signer: Signer | RoleSigner | None = None
+    role = "viewer" if viewer else "none"
+    if admin is not None:
+        signer, role = RoleSigner(lambda: admin, ADMIN_NODE_ID, wall=time.time), "admin"
+    elif keyring is not None:
+        signer, role = Signer(lambda: keyring, CLI_NODE_ID, wall=time.time), "node"
+    return Credentials(
+        signer=signer, ssl_context=context, keyring=keyring, viewer_token=viewer, role=role
+    )

@@ -21,7 +21,8 @@ import attrs
 import click
 import yaml
 
-from signet_cluster.security.keyring import generate_secret
+from signet_cluster.security.keyring import generate_secret, write_private
+from signet_cluster.security.roles import generate_role_key
 
 from .client import CliError, run_async
 
@@ -169,6 +170,20 @@ def write_secret(root: Path) -> Path:
     return path
 
 
+def write_role_keys(root: Path) -> dict[str, str]:
+    """The demo's admin key (for the CLI: `admin.key`) and coordinator key, as the sidecars'
+    settings: every demo node lists both public keys and holds the coordinator key, so any
+    of them can be promoted."""
+    settings = {}
+    for role in ("admin", "coordinator"):
+        private, public = generate_role_key()
+        path = root / f"{role}.key"
+        write_private(path, private)
+        settings[f"SIGNET_CLUSTER_{role.upper()}_PUBLIC_KEYS"] = public
+    settings["SIGNET_CLUSTER_COORDINATOR_KEY_FILE"] = str(root / "coordinator.key")
+    return settings
+
+
 async def seed_memories(nodes: list[DemoNode]) -> int:
     """One global note per agent, written through the first sidecar (so most travel one hop
     to their owner): something for a federated recall to find."""
@@ -188,7 +203,13 @@ async def seed_memories(nodes: list[DemoNode]) -> int:
     return written
 
 
-async def start_node(node: DemoNode, coordinator_url: str, root: Path, interval: float) -> None:
+async def start_node(
+    node: DemoNode,
+    coordinator_url: str,
+    root: Path,
+    interval: float,
+    role_settings: dict[str, str],
+) -> None:
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("SIGNET_CLUSTER_")]:
         del env[key]
@@ -222,8 +243,9 @@ async def start_node(node: DemoNode, coordinator_url: str, root: Path, interval:
             "SIGNET_CLUSTER_COORDINATORS": coordinator_url,
             "SIGNET_CLUSTER_HEARTBEAT_INTERVAL": str(interval),
             "SIGNET_CLUSTER_LOG_FORMAT": "json",
-            # One cluster key for every demo node, so signed admin commands work too.
+            # One cluster key for every demo node; admin commands sign with admin.key.
             "SIGNET_CLUSTER_SECRET_FILE": str(root / "cluster.secret"),
+            **role_settings,
         }
     )
     node.sidecar = await _spawn(
@@ -289,7 +311,7 @@ def describe(nodes: list[DemoNode], root: Path, keep: bool) -> str:
     lines += [
         "",
         "Try:",
-        f"  export SIGNET_CLUSTER_SIDECAR={coord} SIGNET_CLUSTER_SECRET_FILE={root / 'cluster.secret'}",
+        f"  export SIGNET_CLUSTER_SIDECAR={coord} SIGNET_CLUSTER_ADMIN_KEY_FILE={root / 'admin.key'}",
         "  signet-cluster status                 # every node, its daemon and agents",
         f"  signet-cluster explain {reader}           # who owns it, who can read it, why a read would miss",
         "  signet-cluster routes",
@@ -321,8 +343,9 @@ async def run_demo(
     try:
         coordinator_url = nodes[0].sidecar_url
         write_secret(root)
+        role_settings = write_role_keys(root)
         for node in nodes:
-            await start_node(node, coordinator_url, root, interval)
+            await start_node(node, coordinator_url, root, interval, role_settings)
         await wait_formed(coordinator_url, len(nodes), timeout=max(10.0, 10 * interval))
         seeded = await seed_memories(nodes)
         click.echo(f"seeded {seeded} memories (one per agent) through {coordinator_url}")

@@ -33,6 +33,7 @@ from signet_cluster.security.keyring import (
     save_keyring,
     write_private,
 )
+from signet_cluster.security.roles import generate_role_key
 from signet_cluster.settings import ENV_PREFIX, read_toml
 
 from .client import CliError, expect_ok, run_async
@@ -45,11 +46,34 @@ from .context import CliContext, emit_json, json_option, pass_ctx
     type=click.Path(path_type=Path),
     help="Write the secret to this file (mode 0600) instead of printing it.",
 )
-def keygen(out: Path | None) -> None:
-    """Make a new random cluster secret (32 bytes, base64url).
+@click.option(
+    "--role",
+    type=click.Choice(["cluster", "admin", "coordinator"]),
+    default="cluster",
+    show_default=True,
+    help="cluster: the shared node secret; admin / coordinator: a key pair for that role.",
+)
+def keygen(out: Path | None, role: str) -> None:
+    """Make a new random cluster secret (32 bytes, base64url), or a role key pair.
 
-    Use it as `secret_file` on every node, or add it to a keyring with `keyring install`.
+    Use the cluster secret as `secret_file` on every node, or add it to a keyring with
+    `keyring install`. With `--role admin|coordinator` the private key goes to --out (required)
+    and the public key is printed: list it in `admin_public_keys` / `coordinator_public_keys`
+    on every node. Keep the admin key where the operator runs the CLI
+    (SIGNET_CLUSTER_ADMIN_KEY_FILE); give the coordinator key (`coordinator_key_file`) only to
+    coordinators.
     """
+    if role != "cluster":
+        if out is None:
+            raise CliError("--role needs --out FILE: a private key is never printed")
+        if out.exists():
+            raise CliError(f"{out} already exists; not overwriting a key")
+        private, public = generate_role_key()
+        write_private(out, private)
+        setting = "admin_public_keys" if role == "admin" else "coordinator_public_keys"
+        click.echo(f"wrote a new {role} private key to {out} (mode 0600)")
+        click.echo(f"public key (add to {setting} on every node): {public}")
+        return
     secret = generate_secret()
     if out is None:
         click.echo(secret)

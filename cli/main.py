@@ -41,8 +41,32 @@ DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
     show_default=True,
     help="Seconds to wait for an answer.",
 )
+@click.option(
+    "--admin-key-file",
+    type=click.Path(dir_okay=False),
+    help="The operator's admin key (`keygen --role admin`): needed to join, remove, adopt, "
+    "promote (env SIGNET_CLUSTER_ADMIN_KEY_FILE).",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False),
+    help="The cluster key, a node credential: reads only (env SIGNET_CLUSTER_SECRET_FILE).",
+)
+@click.option(
+    "--viewer-token-file",
+    type=click.Path(dir_okay=False),
+    help="A viewer token (the sidecars' viewer_token_file): reads only "
+    "(env SIGNET_CLUSTER_VIEWER_TOKEN_FILE).",
+)
 @click.pass_context
-def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
+def cli(
+    ctx: click.Context,
+    sidecar: str,
+    timeout: float,
+    admin_key_file: str | None,
+    secret_file: str | None,
+    viewer_token_file: str | None,
+) -> None:
     """Run Signet memory daemons on several machines as one cluster.
 
     Every host runs `signet-cluster serve` next to its Signet daemon; point any command at
@@ -50,7 +74,13 @@ def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
 
     Exit codes: 0 done/healthy, 1 error, 2 usage error, 3 degraded, 4 sidecar unreachable.
     """
-    ctx.obj = CliContext(sidecar=sidecar, timeout=timeout)
+    ctx.obj = CliContext(
+        sidecar=sidecar,
+        timeout=timeout,
+        secret_file=secret_file,
+        admin_key_file=admin_key_file,
+        viewer_token_file=viewer_token_file,
+    )
 
 
 # -- settings-based commands ------------------------------------------------------------

@@ -28,7 +28,7 @@ from sidecar.middlewares import errors, origin_form, request_context
 from sidecar.ops import health, metrics, openapi, topology
 from sidecar.pipeline.agent_api import add_agent_api
 from sidecar.pipeline.routes import add_memory_api
-from sidecar.security.auth import AuthState, auth_ctx, authenticate
+from sidecar.security.auth import AuthState, auth_ctx, authenticate, check_reply
 from sidecar.security.auth import routes as auth_routes
 from sidecar.security.limits import (
     CONNECTIONS,
@@ -75,6 +75,9 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.peer_timeout,
         signer=auth.signer(node_id),
         ssl_context=lambda: auth.tls.client_context,
+        coordinator_signer=auth.coordinator_signer(node_id),
+        is_coordinator=lambda: identity.coordinator,
+        reply_problem=lambda response: check_reply(auth, response),
     )
     membership = Membership(
         self_url=settings.url,

@@ -1,5 +1,6 @@
 """Operator decisions every coordinator must agree on: which nodes were joined or removed,
-and which node owns a contested agent (`adopt`).
+and which node owns a contested agent (`adopt`); and, beside them, the agent claims the
+coordinators have seen (who held each agent first, signet_cluster.registry).
 
 Each entry carries the wall-clock time it was made; coordinators exchange their whole
 state and keep, per node and per agent, the newest entry (last writer wins). That makes
@@ -37,9 +38,21 @@ class Adoption:
 
 
 @attrs.frozen(kw_only=True)
+class Claim:
+    """When a coordinator first saw `node_id` claim `agent_id` (`since`), or that it no
+    longer does (`since` None). `at` is when that was observed, for last-writer-wins."""
+
+    agent_id: str = attrs.field(validator=valid_agent_id)
+    node_id: str = attrs.field(validator=valid_node_id)
+    since: float | None
+    at: float
+
+
+@attrs.frozen(kw_only=True)
 class AdminState:
     nodes: tuple[NodeDecision, ...] = ()
     adoptions: tuple[Adoption, ...] = ()
+    claims: tuple[Claim, ...] = ()
 
     def joined(self) -> dict[str, str]:
         return {n.node_id: n.url or "" for n in self.nodes if n.state == "joined"}
@@ -49,6 +62,13 @@ class AdminState:
 
     def active_adoptions(self) -> dict[str, str]:
         return {a.agent_id: a.node_id for a in self.adoptions if a.node_id is not None}
+
+    def held_claims(self) -> dict[str, dict[str, float]]:
+        held: dict[str, dict[str, float]] = {}
+        for claim in self.claims:
+            if claim.since is not None:
+                held.setdefault(claim.agent_id, {})[claim.node_id] = claim.since
+        return held
 
 
 def _newest_nodes(entries: Iterable[NodeDecision]) -> dict[str, NodeDecision]:
@@ -70,11 +90,32 @@ def _newest_adoptions(entries: Iterable[Adoption]) -> dict[str, Adoption]:
     return best
 
 
+def merge_claim(a: Claim, b: Claim) -> Claim:
+    """Two records of one (agent, node) claim. Both held: the earliest sighting wins (the
+    coordinator that saw it first). Otherwise the newer observation wins (a release after
+    the claim, or a new claim after a release); ties go to the release."""
+    if a.since is not None and b.since is not None:
+        return attrs.evolve(a, since=min(a.since, b.since), at=max(a.at, b.at))
+    return max(a, b, key=lambda c: (c.at, c.since is None, c.since or 0.0))
+
+
+def _merged_claims(entries: Iterable[Claim]) -> dict[tuple[str, str], Claim]:
+    best: dict[tuple[str, str], Claim] = {}
+    for entry in entries:
+        key = (entry.agent_id, entry.node_id)
+        current = best.get(key)
+        best[key] = entry if current is None else merge_claim(current, entry)
+    return best
+
+
 def merge(local: AdminState, remote: AdminState) -> AdminState:
-    """The union of both states, newest entry per node and per agent."""
+    """The union of both states, newest entry per node and per agent, earliest sighting
+    per held claim."""
     nodes = _newest_nodes([*local.nodes, *remote.nodes])
     adoptions = _newest_adoptions([*local.adoptions, *remote.adoptions])
+    claims = _merged_claims([*local.claims, *remote.claims])
     return AdminState(
         nodes=tuple(nodes[k] for k in sorted(nodes)),
         adoptions=tuple(adoptions[k] for k in sorted(adoptions)),
+        claims=tuple(claims[k] for k in sorted(claims)),
     )

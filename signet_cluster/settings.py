@@ -178,6 +178,34 @@ class Settings:
             "Keyring file (several keys, one primary) for rotation; replaces secret_file."
         ),
     )
+    admin_public_keys: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "Public keys (`ed25519:...`) of the operator's admin key: only requests signed "
+            "with one may join, remove, adopt, promote or change coordinators."
+        ),
+    )
+    coordinator_public_keys: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "Public keys (`ed25519:...`) of the coordinator key: only a sidecar signing with "
+            "one is listed as a coordinator, and heartbeat replies must be signed with one."
+        ),
+    )
+    coordinator_key_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "Private coordinator key (`signet-cluster keygen --role coordinator`), on the "
+            "sidecars that are or may become coordinators."
+        ),
+    )
+    viewer_token_file: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "File with a bearer token (>= 16 chars) that lets a remote caller read status, "
+            "routes, resolve, explain, /cluster and /metrics, and change nothing."
+        ),
+    )
     auth_skew: float = attrs.field(
         default=30.0,
         metadata=_doc("Seconds a signed request's timestamp may differ from this node's clock."),
@@ -196,6 +224,14 @@ class Settings:
         metadata=_doc(
             "The daemon's auth.mode (auto reads agent.yaml): in team mode a bearer token from "
             "another host is passed to the daemon to judge."
+        ),
+    )
+    auth_host_names: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc(
+            "Extra HOST:PORT names this sidecar is reached by (a DNS alias, a port forward): a "
+            "signed request is accepted only when its Host names this sidecar (the advertised "
+            "URL, the address it arrived at, loopback names for local callers, or these)."
         ),
     )
     metrics_token_file: str | None = attrs.field(

@@ -1,4 +1,5 @@
-"""The sidecar's own state DB (sqlite-utils): node id, joined peers, coordinators, removals.
+"""The sidecar's own state DB (sqlite-utils): node id, joined peers, coordinators, removals,
+adoptions and agent claims.
 
 All access goes through one dedicated thread, so the event loop never blocks on SQLite and
 the connection is only ever used from the thread that opened it.
@@ -18,7 +19,7 @@ from typing import TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from signet_cluster.admin import AdminState, Adoption, NodeDecision, merge
+from signet_cluster.admin import AdminState, Adoption, Claim, NodeDecision, merge
 
 T = TypeVar("T")
 
@@ -39,6 +40,16 @@ def m001_initial(db: Database) -> None:
     db.table("coordinators").create({"url": str, "added_at": float}, pk="url")
 
 
+@migrations()
+def m002_claims(db: Database) -> None:
+    # Coordinator side: when each node was first seen claiming each agent (the owner is the
+    # earliest; signet_cluster.registry). `since` NULL records a release.
+    db.table("agent_claims").create(
+        {"agent_id": str, "node_id": str, "since": float, "at": float},
+        pk=("agent_id", "node_id"),
+    )
+
+
 def _admin_state(db: Database) -> AdminState:
     nodes = tuple(
         NodeDecision(node_id=r["node_id"], url=r["url"], state=r["state"], at=r["at"])
@@ -48,7 +59,11 @@ def _admin_state(db: Database) -> AdminState:
         Adoption(agent_id=r["agent_id"], node_id=r["node_id"], at=r["at"])
         for r in db.query("select * from admin_adoptions order by agent_id")
     )
-    return AdminState(nodes=nodes, adoptions=adoptions)
+    claims = tuple(
+        Claim(agent_id=r["agent_id"], node_id=r["node_id"], since=r["since"], at=r["at"])
+        for r in db.query("select * from agent_claims order by agent_id, node_id")
+    )
+    return AdminState(nodes=nodes, adoptions=adoptions, claims=claims)
 
 
 class StateStore:
@@ -152,6 +167,19 @@ class StateStore:
                             "at": adoption.at,
                         },
                         pk="agent_id",
+                    )
+                previous = set(current.claims)
+                for claim in merged.claims:
+                    if claim in previous:
+                        continue
+                    db.table("agent_claims").upsert(
+                        {
+                            "agent_id": claim.agent_id,
+                            "node_id": claim.node_id,
+                            "since": claim.since,
+                            "at": claim.at,
+                        },
+                        pk=("agent_id", "node_id"),
                     )
             return merged, True
 

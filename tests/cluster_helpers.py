@@ -4,6 +4,8 @@ loopback ports, started and stopped inside the test's event loop."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import socket
@@ -19,6 +21,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer as _AiohttpTestServer
 from aiohttp.web_runner import AppRunner, BaseRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
 from sidecar import keys
@@ -27,12 +30,27 @@ from sidecar.security.limits import CONNECTIONS, server_options
 from signet_cluster.clock import Clock
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
 from signet_cluster.security.keyring import Keyring, new_key, save_keyring
-from signet_cluster.security.signing import Signer
+from signet_cluster.security.roles import PRIVATE_PREFIX, parse_role_key, public_text
+from signet_cluster.security.signing import RoleSigner, Signer
 from signet_cluster.settings import Settings
 
 # The key every test cluster shares; conftest.py also puts it in SIGNET_CLUSTER_SECRET so a
 # CLI child process (`python -m cli`) signs with it too.
 TEST_SECRET = "signet-cluster-test-secret-not-for-production-use"
+
+
+def _role_key(label: bytes) -> tuple[str, str]:
+    """A fixed test key pair (private key text, public key text)."""
+    seed = hashlib.sha256(b"signet-cluster test role key " + label).digest()
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    text = PRIVATE_PREFIX + base64.urlsafe_b64encode(seed).rstrip(b"=").decode()
+    return text, public_text(private.public_key())
+
+
+# The operator's admin key (conftest.py puts it in SIGNET_CLUSTER_ADMIN_KEY for the CLI) and
+# the coordinator key every test sidecar holds (so any of them can be promoted).
+TEST_ADMIN_KEY, TEST_ADMIN_PUBLIC = _role_key(b"admin")
+TEST_COORDINATOR_KEY, TEST_COORDINATOR_PUBLIC = _role_key(b"coordinator")
 
 
 class TestServer(_AiohttpTestServer):
@@ -99,8 +117,10 @@ class Cluster:
     """Builds and tears down nodes; `session` is a plain client for the test's own calls.
 
     Every node shares one cluster keyring (`keyring_path`, pass `keyring_file=None` to
-    `add` for a keyless node), and the harness's own get/post/delete are signed with it as
-    node `operator` (`signed=False` sends them bare; `request` sends anything)."""
+    `add` for a keyless node), lists the test admin and coordinator public keys and holds the
+    coordinator key; the harness's own get/post/delete are signed with the admin key as the
+    operator (`signer_for(node)` signs with the cluster key as a node; `signed=False` sends
+    them bare; `request` sends anything)."""
 
     OPERATOR = "operator"
 
@@ -112,7 +132,13 @@ class Cluster:
         self.keyring = Keyring(keys=(key,), primary=key.id)
         self.keyring_path = tmp_path / "cluster-keyring.json"
         save_keyring(self.keyring_path, self.keyring)
-        self.signer = Signer(lambda: self.keyring, self.OPERATOR, wall=time.time)
+        self.coordinator_key_path = tmp_path / "coordinator.key"
+        self.coordinator_key_path.write_text(TEST_COORDINATOR_KEY)
+        self.admin_key_path = tmp_path / "admin.key"
+        self.admin_key_path.write_text(TEST_ADMIN_KEY)
+        admin = parse_role_key(TEST_ADMIN_KEY, "test admin key")
+        # The harness is the operator: it signs with the admin key.
+        self.signer: Signer | RoleSigner = RoleSigner(lambda: admin, "admin", wall=time.time)
         # Client TLS for https sidecars (set by TLS tests).
         self.ssl_context: ssl.SSLContext | None = None
 
@@ -189,6 +215,9 @@ class Cluster:
             "peer_timeout": 1.0,
             "daemon_timeout": 2.0,
             "keyring_file": str(self.keyring_path),
+            "admin_public_keys": (TEST_ADMIN_PUBLIC,),
+            "coordinator_public_keys": (TEST_COORDINATOR_PUBLIC,),
+            "coordinator_key_file": str(self.coordinator_key_path),
         }
         values.update(settings)
         node.settings = Settings(**values)
@@ -203,7 +232,7 @@ class Cluster:
         data: bytes = b"",
         headers: dict[str, str] | None = None,
         signed: bool = True,
-        signer: Signer | None = None,
+        signer: Signer | RoleSigner | None = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """One request with exactly these bytes; signed by the harness unless told not to."""
@@ -215,13 +244,17 @@ class Cluster:
         if signed:
             host = target.host_port_subcomponent or ""
             sent["Host"] = host
-            sent.update((signer or self.signer).headers(method, host, target.raw_path_qs, data))
+            sent.update(
+                (signer or self.signer).headers(method, host, target.raw_path_qs, data, sent)
+            )
         async with self.session.request(
             method,
             target,
             # aiohttp warns about large raw bytes bodies; a stream sends the same bytes.
             data=io.BytesIO(data) if len(data) > 1_000_000 else data,
             headers=sent,
+            # A signature covers Content-Type: aiohttp must not add one it did not sign.
+            skip_auto_headers=("Content-Type",),
             ssl=self.ssl_context if self.ssl_context is not None else True,
         ) as resp:
             raw = await resp.read()
@@ -267,7 +300,10 @@ class Cluster:
 
     def cli_env(self) -> dict[str, str]:
         """Environment that gives a `python -m cli` child this cluster's key."""
-        return {"SIGNET_CLUSTER_KEYRING_FILE": str(self.keyring_path)}
+        return {
+            "SIGNET_CLUSTER_KEYRING_FILE": str(self.keyring_path),
+            "SIGNET_CLUSTER_ADMIN_KEY_FILE": str(self.admin_key_path),
+        }
 
     async def status(self, node: Node) -> dict[str, Any]:
         code, body = await self.get(node.url + "/api/cluster/status")

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from .cluster_helpers import TEST_SECRET, Cluster
+from .cluster_helpers import TEST_ADMIN_KEY, TEST_SECRET, Cluster
 
 
 @pytest.fixture(autouse=True)
 def cluster_secret_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CLI processes the tests start sign with the test clusters' key (cluster_helpers)."""
+    """CLI processes the tests start sign with the test clusters' admin key (cluster_helpers)."""
     monkeypatch.setenv("SIGNET_CLUSTER_SECRET", TEST_SECRET)
+    monkeypatch.setenv("SIGNET_CLUSTER_ADMIN_KEY", TEST_ADMIN_KEY)
 
 
 @pytest.fixture

@@ -64,6 +64,8 @@ async def test_every_cluster_route_refuses_unsigned_bad_replayed_and_stale(
     paths = {p for _m, p in routes}
     assert {"/api/cluster/heartbeat", "/api/cluster/join", "/api/cluster/status"} <= paths
     await cluster.stop_sidecar(b)  # nothing else changes the registry while we probe
+    # ... once b has expired (its TTL is half a second, the probing can take longer).
+    await cluster.wait_states(a, {"b": "down"})
     before = registry_of(a).version
     body = b"{}"
     ctype = {"Content-Type": "application/json"}
@@ -83,7 +85,7 @@ async def test_every_cluster_route_refuses_unsigned_bad_replayed_and_stale(
         )
         assert code == 401 and answer["reason"] == "unknown_key", where
 
-        signed = cluster.signer.headers(method, a.url.split("//")[1], path, body)
+        signed = cluster.signer.headers(method, a.url.split("//")[1], path, body, ctype)
         code, answer, _ = await cluster.request(
             method, url, data=b'{"x": 1}', headers={**ctype, **signed}, signed=False
         )
@@ -198,8 +200,12 @@ def _heartbeat(node_id: str, agents: list[dict[str, Any]]) -> dict[str, Any]:
 async def test_stolen_heartbeat_replayed_later_is_refused(cluster: Cluster) -> None:
     """A heartbeat captured on the wire (through a recording relay) is refused when sent
     again at once (nonce seen) and later (stale), and the replays change nothing."""
-    a = await cluster.add("a", ALICE, coordinator=True)
     captured: list[tuple[str, dict[str, str], bytes]] = []
+    relay_port = free_port()
+    # The relay forwards to a as a port forward would: a answers to the relay's name too.
+    a = await cluster.add(
+        "a", ALICE, coordinator=True, auth_host_names=(f"127.0.0.1:{relay_port}",)
+    )
 
     async def relay(request: web.Request) -> web.Response:
         body = await request.read()
@@ -216,7 +222,7 @@ async def test_stolen_heartbeat_replayed_later_is_refused(cluster: Cluster) -> N
 
     relay_app = web.Application()
     relay_app.router.add_post("/api/cluster/heartbeat", relay)
-    relay_server = TestServer(relay_app, host="127.0.0.1", port=free_port())
+    relay_server = TestServer(relay_app, host="127.0.0.1", port=relay_port)
     await relay_server.start_server()
     try:
         relay_url = str(relay_server.make_url("")).rstrip("/")
@@ -248,15 +254,17 @@ async def test_a_request_is_not_accepted_again_after_a_restart(cluster: Cluster)
     a = await cluster.add("a", ALICE, coordinator=True)
     beat = json.dumps(_heartbeat("q", [])).encode()
     host = a.url.split("//")[1]
-    signed = cluster.signer_for("q").headers("POST", host, "/api/cluster/heartbeat", beat)
-    headers = {"Content-Type": "application/json", **signed}
+    ctype = {"Content-Type": "application/json"}
+    signed = cluster.signer_for("q").headers("POST", host, "/api/cluster/heartbeat", beat, ctype)
+    headers = {**ctype, **signed}
     url = a.url + "/api/cluster/heartbeat"
     code, _answer, _ = await cluster.request("POST", url, data=beat, headers=headers, signed=False)
     assert code == 200
     await cluster.stop_sidecar(a)
     await cluster.start_sidecar(a)
     code, answer, _ = await cluster.request("POST", url, data=beat, headers=headers, signed=False)
-    assert code == 401 and answer["reason"] == "stale", answer
+    assert code == 401 and answer["reason"] == "signed_before_start", answer
+    assert "before this sidecar started" in answer["error"]
     assert registry_of(a).record("q") is None
 
 

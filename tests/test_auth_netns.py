@@ -37,7 +37,7 @@ def call(signed):
     host = url.split("//")[1].split("/")[0]
     headers = {"Content-Type": "application/json", "Host": host}
     if signed:
-        headers.update(signer.headers("POST", host, "/api/memory/recall", body))
+        headers.update(signer.headers("POST", host, "/api/memory/recall", body, headers))
     req = urllib.request.Request(url + "/api/memory/recall", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

@@ -20,6 +20,9 @@ from signet_cluster.security.signing import (
     ReplayCache,
     Signer,
     Verifier,
+    body_sha256,
+    canonical,
+    mac,
 )
 
 NOW = 1_795_000_000.0
@@ -56,7 +59,15 @@ def check(
 ) -> object:
     presented = Presented.parse(headers)
     assert presented is not None
-    return v.verify(presented, method=method, host=host, path_qs=path, body=body, now=now)
+    return v.verify(
+        presented,
+        method=method,
+        host=host,
+        path_qs=path,
+        headers=headers.items(),
+        body=body,
+        now=now,
+    )
 
 
 @given(methods, hosts, paths, bodies)
@@ -231,3 +242,109 @@ def test_replay_cache_is_bounded_and_never_admits_a_replay(
             accepted.add((nonce, ts))
         assert refused in (None, "replayed", "stale")
         assert len(cache) <= size
+
+
+ACTED_ON = {
+    "x-signet-cluster-agent": "bob",
+    "x-signet-agent-id": "bob",
+    "x-signet-session-key": "agent:bob:s1",
+    "Authorization": "Bearer t0ken-for-bob",
+    "x-signet-cluster-replay": "1",
+    "Content-Type": "application/json",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTED_ON))
+@pytest.mark.parametrize("change", ["alter", "drop"])
+def test_every_header_the_receiver_acts_on_is_signed(name: str, change: str) -> None:
+    """Issue 12: an on-path change of a signed hop's agent (bob -> alice), session key,
+    bearer token, replay mark or content type breaks the signature, as does removing it."""
+    keys = ring(K1)
+    sent = dict(ACTED_ON)
+    headers = {**sent, **signer(keys).headers("POST", "h:1", "/api/memory/recall", b"{}", sent)}
+    if change == "alter":
+        headers[name] = headers[name].replace("bob", "alice") + "x"
+    else:
+        del headers[name]
+    with pytest.raises(AuthFailure) as info:
+        check(verifier(keys), headers, "POST", "h:1", "/api/memory/recall", b"{}")
+    assert info.value.reason == "bad_signature"
+
+
+def test_an_added_signet_header_breaks_the_signature() -> None:
+    """A header added on the way (say x-signet-agent-id: alice on a request that had none)
+    is refused: the set of signed headers is part of the signature."""
+    keys = ring(K1)
+    headers = signer(keys).headers("POST", "h:1", "/api/memory/recall", b"{}", {})
+    headers["x-signet-agent-id"] = "alice"
+    with pytest.raises(AuthFailure) as info:
+        check(verifier(keys), headers, "POST", "h:1", "/api/memory/recall", b"{}")
+    assert info.value.reason == "bad_signature"
+
+
+def test_a_signature_only_holds_for_the_receiver_it_names() -> None:
+    """Issue 12: a request signed for node B (Host b:3860) and replayed unchanged to node A
+    is refused by A, before its nonce is remembered."""
+    keys = ring(K1)
+    headers = signer(keys).headers("POST", "b:3860", "/api/cluster/promote", b"{}")
+    presented = Presented.parse(headers)
+    assert presented is not None
+    v = verifier(keys)
+    args = {
+        "method": "POST",
+        "host": "b:3860",
+        "path_qs": "/api/cluster/promote",
+        "headers": headers.items(),
+        "body": b"{}",
+        "now": NOW,
+    }
+    with pytest.raises(AuthFailure) as info:
+        v.verify(presented, receiver=frozenset({"a:3860", "127.0.0.1:3860"}), **args)  # type: ignore[arg-type]
+    assert info.value.reason == "wrong_host"
+    assert v.verify(presented, receiver=frozenset({"b:3860"}), **args).node_id == "node-a"  # type: ignore[arg-type]
+
+
+def test_a_request_signed_before_a_restart_says_so() -> None:
+    """A request signed before the sidecar started is refused as such, not as "replay
+    cache full" (which is what a flood does)."""
+    cache = ReplayCache(2, 30_000, floor_ms=int(NOW * 1000))
+    with pytest.raises(AuthFailure) as info:
+        cache.check("n" * 16, int(NOW * 1000) - 5, int(NOW * 1000))
+    assert info.value.reason == "signed_before_start"
+    assert "before this sidecar started" in info.value.message
+    assert "full" not in info.value.message
+    now = int(NOW * 1000) + 10
+    for i in range(3):
+        cache.add(f"nonce-{i:012d}", now + i, now + i)
+    with pytest.raises(AuthFailure) as info:
+        cache.check("m" * 16, now, now + 3)
+    assert info.value.reason == "stale" and "full" in info.value.message
+
+
+def test_canonical_string_known_answer() -> None:
+    """The signed bytes and HMAC for one fixed request (format: `canonical`'s docstring):
+    only the headers a receiver acts on, lower-cased and sorted; never the signature
+    headers; the method upper-cased."""
+    message = canonical(
+        method="post",
+        host="10.0.0.2:3860",
+        path_qs="/api/memory/recall?x=1",
+        ts_ms=1795000000000,
+        nonce="A" * 22,
+        node_id="node-a",
+        key_id="k1",
+        headers=[
+            ("X-Signet-Agent-Id", "bob"),
+            ("Content-Type", "application/json"),
+            ("Accept", "*/*"),
+            ("x-signet-cluster-signature", "zz"),
+        ],
+        body_digest=body_sha256(b'{"query":"q"}'),
+    )
+    assert message == (
+        b"signet-cluster-v2\nPOST\n10.0.0.2:3860\n/api/memory/recall?x=1\n1795000000000\n"
+        b"AAAAAAAAAAAAAAAAAAAAAA\nnode-a\nk1\ncontent-type:application/json\n"
+        b"x-signet-agent-id:bob\n"
+        b"cf11c31927352aeaa5b9ef86ce8f95a954bcd8e6a415f8cd3922101d92dba903"
+    )
+    assert mac(b"a" * 40, message) == "oB8SWFgEf3WFQ6b1irwzbNbmJIlFw5x3Xx3l1y92Hq0"

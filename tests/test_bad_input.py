@@ -140,7 +140,7 @@ async def test_refused_requests_change_nothing(cluster: Cluster) -> None:
     before = (registry.version, snapshot(a))
     memories = memory_rows(a)
     join = json.dumps({"address": b.url}).encode()
-    replay = cluster.signer.headers("POST", a.url.split("//")[1], "/api/cluster/join", b"{}")
+    replay = cluster.signer.headers("POST", a.url.split("//")[1], "/api/cluster/join", b"{}", JSON)
     attempts: list[tuple[int, Any, Any]] = [
         await cluster.request("POST", a.url + "/api/cluster/join", data=b"{x", headers=JSON),
         await cluster.request(

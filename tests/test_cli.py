@@ -170,8 +170,12 @@ async def test_demo_forms_a_cluster_and_stops_cleanly() -> None:
         pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
         assert len(pids) == 6
         # The demo's own cluster key, as its printout tells the user to export.
-        demo_key = re.search(r"SIGNET_CLUSTER_SECRET_FILE=(\S+)", output).group(1)  # type: ignore[union-attr]
-        demo_env = {"SIGNET_CLUSTER_SECRET": "", "SIGNET_CLUSTER_SECRET_FILE": demo_key}
+        admin_key = re.search(r"SIGNET_CLUSTER_ADMIN_KEY_FILE=(\S+)", output).group(1)  # type: ignore[union-attr]
+        demo_env = {
+            "SIGNET_CLUSTER_SECRET": "",
+            "SIGNET_CLUSTER_ADMIN_KEY": "",
+            "SIGNET_CLUSTER_ADMIN_KEY_FILE": admin_key,
+        }
         code, out, _ = await run_cli(
             "--sidecar", f"http://127.0.0.1:{port}", "status", "--json", env=demo_env
         )

@@ -39,7 +39,7 @@ def node(node_id: str, *agents: AgentInfo, state: str = "alive", healthy: bool =
 
 
 def picture(*peers: PeerView, stale: bool = False, **kw: Any) -> ClusterPicture:
-    routes, collisions = compute_routing(peers, {})
+    routes, collisions = compute_routing(peers, {}, {})
     return ClusterPicture(
         peers=peers, routes=routes, collisions=collisions, stale=stale, table_age_s=kw.get("age")
     )

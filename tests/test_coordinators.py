@@ -206,8 +206,8 @@ async def _targets_include(node: Node, url: str) -> bool:
 async def test_collision_resolves_identically_and_adopt_overrides_everywhere(
     cluster: Cluster,
 ) -> None:
-    """Two nodes claim `writer`: both coordinators pick the same owner (the earlier-created
-    claim); `adopt` on one coordinator moves it on both, and the choice survives a restart."""
+    """Two nodes claim `writer`: both coordinators pick the same owner (the claim seen
+    first); `adopt` on one coordinator moves it on both, and the choice survives a restart."""
     a = await cluster.add("a", [], coordinator=True)
     b = await cluster.add("b", [], coordinator=True, coordinators=(a.url,))
     writer = [{"name": "writer", "memory": {"read_policy": "shared"}}]
@@ -215,13 +215,19 @@ async def test_collision_resolves_identically_and_adopt_overrides_everywhere(
     y = await cluster.add("y", writer, coordinators=(a.url, b.url))
     for coordinator in (a, b):
         await cluster.wait_states(coordinator, {"x": "alive", "y": "alive"})
-    collisions = {}
-    for coordinator in (a, b):
-        status = await cluster.status(coordinator)
-        collisions[coordinator.name] = status["collisions"]
-    assert collisions["a"] == collisions["b"]
+    collisions: dict[str, Any] = {}
+
+    async def agree() -> bool:
+        # Each coordinator saw the claims in its own order; replication settles on the
+        # earliest sighting of each.
+        for coordinator in (a, b):
+            status = await cluster.status(coordinator)
+            collisions[coordinator.name] = status["collisions"]
+        return bool(collisions["a"]) and collisions["a"] == collisions["b"]
+
+    await wait_for(agree, what="both coordinators pick one owner")
     (collision,) = collisions["a"]
-    assert collision["claimants"] == ["x", "y"] and collision["rule"] == "earliest_created_at"
+    assert collision["claimants"] == ["x", "y"] and collision["rule"] == "first_claim"
     loser = "y" if collision["winner"] == "x" else "x"
 
     code, body = await cluster.post(

@@ -45,7 +45,7 @@ class Client:
         data = json.dumps(body).encode() if body is not None else b""
         host = target.host_port_subcomponent or ""
         headers = {"Host": host, "Content-Type": "application/json"}
-        headers.update(self.signer.headers(method, host, target.raw_path_qs, data))
+        headers.update(self.signer.headers(method, host, target.raw_path_qs, data, headers))
         try:
             async with self.session.request(method, target, data=data, headers=headers) as resp:
                 return resp.status, await resp.json(content_type=None)

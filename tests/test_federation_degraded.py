@@ -165,6 +165,7 @@ async def test_contribute_endpoint_validates_its_input(cluster: Cluster) -> None
     code, body = await cluster.post(
         a.url + "/api/cluster/contribute",
         {"reader": {"agent_id": "x", "read_policy": "isolated"}, "recall": {}, "limit": 99},
+        signer=cluster.signer_for("b"),  # a sidecar's call
     )
     assert code == 400
     text = " ".join(body["details"])

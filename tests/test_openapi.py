@@ -98,7 +98,13 @@ def fuzz(base_url: str, peer: str, keyring: Keyring, examples: int) -> tuple[int
                         body = body.encode()
                     prepared.headers["Host"] = host
                     prepared.headers.update(
-                        signer.headers(prepared.method or "GET", host, prepared.path_url, body)
+                        signer.headers(
+                            prepared.method or "GET",
+                            host,
+                            prepared.path_url,
+                            body,
+                            dict(prepared.headers),
+                        )
                     )
                     response = session.send(prepared, timeout=10)
                     sent += 1

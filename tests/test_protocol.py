@@ -127,6 +127,10 @@ def test_admin_decisions_are_validated_like_every_message() -> None:
     good = {
         "nodes": [{"node_id": "n1", "url": "http://10.0.0.5:3860", "state": "joined", "at": 1.0}],
         "adoptions": [{"agent_id": "alice", "node_id": None, "at": 2.0}],
+        "claims": [
+            {"agent_id": "alice", "node_id": "n1", "since": 1.5, "at": 1.5},
+            {"agent_id": "alice", "node_id": "n2", "since": None, "at": 3.0},
+        ],
     }
     assert unstructure(structure(good, AdminState)) == good
 

@@ -3,6 +3,8 @@ driven by a manual clock."""
 
 from __future__ import annotations
 
+import pytest
+
 from signet_cluster.clock import ManualClock
 from signet_cluster.protocol import AgentInfo, DaemonInfo, Heartbeat, PeerView, ProtocolRange
 from signet_cluster.registry import Registry, compute_routing
@@ -97,42 +99,96 @@ def test_default_agent_is_never_routed() -> None:
 
 
 def test_collision_rule_is_deterministic_and_order_independent() -> None:
-    """Earliest created_at wins (across TS 'Z' and Rust '+00:00' formats), then node id,
-    whatever order the heartbeats arrived in."""
-    a = hb("node-a", [agent("writer", created="2026-04-02T09:00:00.500+00:00")])
-    b = hb("node-b", [agent("writer", created="2026-04-02T09:00:00.400Z")])
+    """With the same recorded claims, the earliest claim wins whatever order the peers are
+    listed in, then the smallest node id for claims with no record."""
+    a = hb("node-a", [agent("writer")])
+    b = hb("node-b", [agent("writer")])
     c = hb("node-c", [agent("writer")])
+    claims = {"writer": {"node-b": 10.0, "node-a": 20.0}}
     winners = set()
     for order in ([a, b, c], [c, b, a], [b, c, a]):
         records = [view(h) for h in order]
-        routes, collisions = compute_routing(records, {})
+        routes, collisions = compute_routing(records, {}, claims)
         winners.add((routes[0].node_id, collisions[0].winner, collisions[0].claimants))
     assert winners == {("node-b", "node-b", ("node-a", "node-b", "node-c"))}
+    routes, _ = compute_routing([view(a), view(b), view(c)], {}, {})
+    assert routes[0].node_id == "node-a"
 
 
-def test_collision_tie_breaks_on_node_id_and_adoption_overrides() -> None:
-    """Same created_at: the smaller node id wins; an adoption beats the rule."""
-    same = "2026-04-02T09:00:00.000Z"
-    records = [
-        view(hb(n, [agent("w", created=same)], url=f"http://{n}:1")) for n in ("zeta", "alpha")
-    ]
-    routes, collisions = compute_routing(records, {})
-    assert routes[0].node_id == "alpha" and collisions[0].rule == "earliest_created_at"
-    routes, collisions = compute_routing(records, {"w": "zeta"})
+def test_adoption_overrides_the_first_claim() -> None:
+    """An adoption naming a claimant beats the first claim."""
+    records = [view(hb(n, [agent("w")], url=f"http://{n}:1")) for n in ("zeta", "alpha")]
+    claims = {"w": {"alpha": 1.0, "zeta": 2.0}}
+    routes, collisions = compute_routing(records, {}, claims)
+    assert routes[0].node_id == "alpha" and collisions[0].rule == "first_claim"
+    routes, collisions = compute_routing(records, {"w": "zeta"}, claims)
     assert routes[0].node_id == "zeta" and collisions[0].rule == "adopted"
+
+
+def test_a_self_reported_created_at_never_takes_an_agent() -> None:
+    """Hijack by claim (issue 12): a node that claims alice and bob later than their owner,
+    with `created_at` 1970, is a collision that loses; the routes stay on the owner."""
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=ManualClock())
+    owner = hb("node-a", [agent("alice", created="2026-03-01T00:00:00Z"), agent("bob")])
+    reg.apply_heartbeat(owner, 1)
+    before = reg.routing()[0]
+    evil = [
+        agent("alice", created="1970-01-01T00:00:00Z"),
+        agent("bob", created="1970-01-01T00:00:00Z"),
+    ]
+    reg.apply_heartbeat(hb("aaa-evil", evil, url="http://evil:1"), 1)
+    routes, collisions = reg.routing()
+    assert routes == before
+    assert {(c.agent_id, c.winner, c.claimants) for c in collisions} == {
+        ("alice", "node-a", ("aaa-evil", "node-a")),
+        ("bob", "node-a", ("aaa-evil", "node-a")),
+    }
+
+
+def test_a_down_claimant_never_takes_an_agent_from_a_live_owner() -> None:
+    """When the attacker stops heartbeating it goes down and its claim stays a collision;
+    the live owner keeps its routes."""
+    clock = ManualClock()
+    reg = Registry(ttl=1.0, reap_after=100.0, clock=clock)
+    reg.apply_heartbeat(hb("node-a", [agent("alice")]), 1)
+    reg.apply_heartbeat(hb("aaa-evil", [agent("alice", created="1970-01-01T00:00:00Z")]), 1)
+    clock.advance(2)
+    reg.apply_heartbeat(hb("node-a", [agent("alice")], seq=2), 1)
+    reg.expire()
+    routes, collisions = reg.routing()
+    assert [(r.agent_id, r.node_id) for r in routes] == [("alice", "node-a")]
+    assert collisions[0].winner == "node-a"
+
+
+def test_stored_claims_survive_a_restart_and_releases_free_the_agent() -> None:
+    """A registry rebuilt after a restart keeps the stored first claims, so whoever
+    heartbeats first does not take the agent; a roster that drops the agent releases it."""
+    reg = Registry(ttl=5.0, reap_after=30.0, clock=ManualClock())
+    reg.set_claims({"alice": {"node-a": 5.0}})
+    reg.apply_heartbeat(hb("aaa-evil", [agent("alice")]), 1)
+    reg.apply_heartbeat(hb("node-a", [agent("alice")]), 1)
+    assert reg.routing()[0][0].node_id == "node-a"
+    assert reg.take_claim_changes() == {
+        ("alice", "aaa-evil"): pytest.approx(reg.claims()["alice"]["aaa-evil"])
+    }
+    reg.apply_heartbeat(hb("node-a", [], seq=2), 1)
+    assert reg.routing()[0][0].node_id == "aaa-evil"
+    assert reg.take_claim_changes() == {("alice", "node-a"): None}
 
 
 def test_down_winner_keeps_its_agent_unrouted() -> None:
     """A collision winner that is down is not replaced by the other claimant (never two owners)."""
     clock = ManualClock()
     reg = Registry(ttl=1.0, reap_after=100.0, clock=clock)
-    reg.apply_heartbeat(hb("a", [agent("w", created="2026-01-01T00:00:00Z")]), 1)
-    clock.advance(2)
     reg.apply_heartbeat(hb("b", [agent("w", created="2026-06-01T00:00:00Z")]), 1)
+    clock.advance(2)
+    reg.apply_heartbeat(hb("a", [agent("w", created="2026-01-01T00:00:00Z")]), 1)
+    clock.advance(0.5)
+    reg.apply_heartbeat(hb("a", [agent("w", created="2026-01-01T00:00:00Z")], seq=2), 1)
     reg.expire()
     routes, collisions = reg.routing()
     assert routes == ()
-    assert collisions[0].winner == "a"
+    assert collisions[0].winner == "b"
 
 
 def test_version_only_moves_on_change() -> None:

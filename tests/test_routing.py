@@ -193,6 +193,7 @@ async def test_a_hop_request_is_never_routed_again(cluster: Cluster) -> None:
         a.url + "/api/memory/remember",
         data=b'{"content":"x","agentId":"carol"}',
         headers=hop,
+        signer=cluster.signer_for("b"),  # a hop comes from a sidecar
     )
     assert status == 421 and body["code"] == "misrouted"
     status, body, _ = await cluster.request(
@@ -200,6 +201,7 @@ async def test_a_hop_request_is_never_routed_again(cluster: Cluster) -> None:
         a.url + "/api/memory/remember",
         data=b'{"content":"alice via hop","agentId":"alice"}',
         headers=hop,
+        signer=cluster.signer_for("b"),  # a hop comes from a sidecar
     )
     assert status == 200
     assert db_rows(a, "SELECT agent_id FROM memories WHERE id = ?", (body["id"],)) == [("alice",)]

@@ -189,8 +189,14 @@ async def test_keyless_loopback_cluster_still_works_and_ignores_signatures(
     """Nodes with no key (loopback only) form a cluster unsigned; a CLI that signs anyway is
     judged as unsigned there (reads work) and admin is refused with a reason saying the
     sidecar has no key."""
-    a = await cluster.add("a", ALICE, coordinator=True, keyring_file=None)
-    b = await cluster.add("b", [], coordinators=(a.url,), keyring_file=None)
+    keyless = {
+        "keyring_file": None,
+        "admin_public_keys": (),
+        "coordinator_public_keys": (),
+        "coordinator_key_file": None,
+    }
+    a = await cluster.add("a", ALICE, coordinator=True, **keyless)
+    b = await cluster.add("b", [], coordinators=(a.url,), **keyless)
     await cluster.wait_states(a, {"a": "alive", "b": "alive"})
     code, _ = await cluster.get(a.url + "/api/cluster/status")
     assert code == 200
@@ -248,7 +254,9 @@ async def test_hop_requests_must_be_signed_even_from_loopback(cluster: Cluster) 
     body = {"query": "anything", "agentId": "alice"}
     code, answer = await cluster.post(a.url + "/api/memory/recall", body, signed=False, headers=hop)
     assert code == 401 and answer["reason"] == "unsigned"
-    code, _ = await cluster.post(a.url + "/api/memory/recall", body, headers=hop)
+    code, _ = await cluster.post(
+        a.url + "/api/memory/recall", body, headers=hop, signer=cluster.signer_for("b")
+    )
     assert code == 200
 
 

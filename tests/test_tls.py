@@ -26,10 +26,21 @@ ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
 JSON = {"Content-Type": "application/json"}
 
 
-def issue(ca: trustme.CA, folder: Path, name: str) -> dict[str, str]:
-    """Certificate + key for `name` (CN = node id, valid for 127.0.0.1), and the CA file."""
+ADMIN_OU = "signet-cluster-admin"
+# An mTLS-only cluster: no cluster key, no role keys; certificates say who is who.
+MTLS_ONLY = {
+    "keyring_file": None,
+    "admin_public_keys": (),
+    "coordinator_public_keys": (),
+    "coordinator_key_file": None,
+}
+
+
+def issue(ca: trustme.CA, folder: Path, name: str, ou: str | None = None) -> dict[str, str]:
+    """Certificate + key for `name` (CN = node id, valid for 127.0.0.1; subject OU `ou`
+    when given: the role), and the CA file."""
     folder.mkdir(parents=True, exist_ok=True)
-    cert = ca.issue_cert("127.0.0.1", "localhost", common_name=name)
+    cert = ca.issue_cert("127.0.0.1", "localhost", common_name=name, organization_unit_name=ou)
     paths = {
         "tls_cert_file": str(folder / f"{name}.crt"),
         "tls_key_file": str(folder / f"{name}.key"),
@@ -68,14 +79,19 @@ async def mtls_pair(
     cluster: Cluster, tmp_path: Path, **extra: Any
 ) -> tuple[Node, Node, trustme.CA]:
     ca = trustme.CA()
+    settings = {**MTLS_ONLY, **extra}
     a = await cluster.add(
-        "a", ALICE, coordinator=True, keyring_file=None, **issue(ca, tmp_path / "a", "a"), **extra
+        "a",
+        ALICE,
+        coordinator=True,
+        **issue(ca, tmp_path / "a", "a", "signet-cluster-coordinator"),
+        **settings,
     )
     b = await cluster.add(
-        "b", [], coordinators=(a.url,), keyring_file=None, **issue(ca, tmp_path / "b", "b"), **extra
+        "b", [], coordinators=(a.url,), **issue(ca, tmp_path / "b", "b"), **settings
     )
     cluster.ssl_context = client_context(
-        issue(ca, tmp_path / "operator", "operator"), str(tmp_path / "a" / "ca.crt")
+        issue(ca, tmp_path / "operator", "operator", ADMIN_OU), str(tmp_path / "a" / "ca.crt")
     )
     return a, b, ca
 
@@ -107,11 +123,42 @@ async def test_mtls_cluster_forms_and_identity_comes_from_the_certificate(
     code, _, _ = await cluster.request("GET", a.url + "/api/cluster/status", signed=False)
     assert code == 200
 
-    cluster.ssl_context = client_context(issue(_ca, tmp_path / "op", "operator"), ca_file)
+    cluster.ssl_context = client_context(issue(_ca, tmp_path / "op", "operator", ADMIN_OU), ca_file)
     code, body, _ = await cluster.request(
         "DELETE", a.url + "/api/cluster/peers/nosuch", signed=False
     )
     assert code == 200 and body["removed"] is False
+
+
+async def test_a_node_certificate_cannot_change_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Roles (issue 12): a CA-issued node certificate (the review's "evil" node) cannot
+    promote or demote, remove, adopt, join, or clear a member's coordinators: 403 naming the
+    admin credential, and nothing changes. Reads still work."""
+    a, b, ca = await mtls_pair(cluster, tmp_path)
+    await cluster.wait_states(a, {"a": "alive", "b": "alive"})
+    cluster.ssl_context = client_context(
+        issue(ca, tmp_path / "evil", "evil"), str(tmp_path / "a" / "ca.crt")
+    )
+    attempts = [
+        ("POST", a.url + "/api/cluster/promote", {"coordinator": False}),
+        ("POST", b.url + "/api/cluster/promote", {"coordinator": True}),
+        ("DELETE", a.url + "/api/cluster/peers/b", None),
+        ("POST", a.url + "/api/cluster/adopt", {"agent_id": "alice", "node_id": "b"}),
+        ("POST", a.url + "/api/cluster/join", {"address": b.url}),
+        ("POST", b.url + "/api/cluster/coordinators", {"remove": [a.url]}),
+    ]
+    for method, url, body in attempts:
+        data = json.dumps(body).encode() if body is not None else b""
+        code, answer, _ = await cluster.request(method, url, data=data, headers=JSON, signed=False)
+        assert code == 403 and answer["reason"] == "role", (url, answer)
+        assert "admin credential" in answer["error"], answer
+    assert a.app[keys.IDENTITY].coordinator and not b.app[keys.IDENTITY].coordinator
+    assert b.app[keys.MEMBERSHIP].targets() == [a.url]
+    assert registry_of(a).record("b") is not None
+    code, _, _ = await cluster.request("GET", a.url + "/api/cluster/status", signed=False)
+    assert code == 200
 
 
 async def test_a_certificate_admits_a_caller_whose_signature_cannot_be_checked(

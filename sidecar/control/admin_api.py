@@ -201,6 +201,15 @@ async def promote(request: web.Request) -> web.Response:
     body = structure(await read_json(request), PromoteRequest)
     identity = app[keys.IDENTITY]
     was = identity.coordinator
+    auth = app[keys.AUTH]
+    if body.coordinator and auth.coordinator_keys_in_use and auth.coordinator_key is None:
+        # Its heartbeats and replies could not prove the role: members would not follow it.
+        raise ValidationFailed(
+            [
+                "this sidecar has no coordinator_key_file, so other nodes would not accept it "
+                "as a coordinator; install the coordinator key here first"
+            ]
+        )
     await app[keys.STATE].set_meta("coordinator", "1" if body.coordinator else "0")
     identity.coordinator = body.coordinator
     if body.coordinator and not was:

@@ -19,7 +19,7 @@ from sidecar.membership.coordinator import (
     require_coordinator,
 )
 from sidecar.memory.handoff import SPOOL
-from sidecar.security.auth import require_sender
+from sidecar.security.auth import proves_coordinator, reply_signature, require_sender
 from sidecar.security.limits import CONNECTIONS
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import (
@@ -44,14 +44,18 @@ async def heartbeat(request: web.Request) -> web.Response:
         message = structure_json(await request.read(), Heartbeat)
         # A node may only describe itself (and so only claim agents for itself).
         require_sender(request, message.node_id)
-        reply = accept_heartbeat(request.app, message)
+        reply = accept_heartbeat(
+            request.app, message, coordinator_proven=proves_coordinator(request)
+        )
     except ClusterError as exc:
         received.labels(outcome=exc.code).inc()
         raise
     received.labels(outcome="accepted").inc()
     accepts = request.headers.get("Accept-Encoding", "")
-    body, encoding = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
+    body, encoding, digest = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
     response = web.Response(body=body, content_type="application/json")
+    # The member takes routes only from a reply it can check came from a coordinator.
+    response.headers.update(reply_signature(request, 200, digest))
     if encoding is not None:
         response.headers["Content-Encoding"] = encoding
     return response

@@ -1,4 +1,5 @@
-"""Replicating operator decisions (join, remove, adopt) between coordinators.
+"""Replicating operator decisions (join, remove, adopt) and agent claims between
+coordinators.
 
 A decision is merged into this coordinator's state DB, applied to its registry, and pushed
 to every other coordinator in the background; every few seconds each coordinator also pulls
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.membership.coordinator import COORDINATOR, coordinator_urls, log_new_collisions
-from signet_cluster.admin import AdminState
+from signet_cluster.admin import AdminState, Claim
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import ClusterError, PeerUnreachable
 
@@ -38,6 +39,9 @@ def apply_admin(app: web.Application, state: AdminState) -> None:
     for node_id, url in state.joined().items():
         registry.mark_joined(node_id, url)
     registry.set_adoptions(state.active_adoptions())
+    registry.set_claims(state.held_claims())
+    if registry.has_claim_changes():  # a removed node's claims are released
+        app[COORDINATOR].claims_dirty.set()
     log_new_collisions(app)
 
 
@@ -62,6 +66,30 @@ async def record_decision(app: web.Application, decision: AdminState) -> AdminSt
         app[ADMIN_TASKS].add(task)
         task.add_done_callback(app[ADMIN_TASKS].discard)
     return merged
+
+
+async def flush_claims(app: web.Application) -> None:
+    """Persist and replicate the claims the registry saw since the last flush."""
+    changes = app[keys.REGISTRY].take_claim_changes()
+    if not changes:
+        return
+    at = app[keys.CLOCK].time()
+    claims = tuple(
+        Claim(agent_id=agent_id, node_id=node_id, since=since, at=at)
+        for (agent_id, node_id), since in sorted(changes.items())
+    )
+    await record_decision(app, AdminState(claims=claims))
+
+
+async def claims_loop(app: web.Application) -> None:
+    dirty = app[COORDINATOR].claims_dirty
+    while True:
+        await dirty.wait()
+        dirty.clear()
+        try:
+            await flush_claims(app)
+        except Exception:
+            log.exception("claims_flush_failed")
 
 
 async def push(app: web.Application, state: AdminState) -> list[str]:
@@ -132,9 +160,11 @@ async def admin_sync_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ADMIN_TASKS] = set()
     await load_admin(app)
     task = asyncio.create_task(sync_loop(app), name="admin-sync")
+    claims = asyncio.create_task(claims_loop(app), name="claims-flush")
     yield
     task.cancel()
-    for pending in [task, *app[ADMIN_TASKS]]:
+    claims.cancel()
+    for pending in [task, claims, *app[ADMIN_TASKS]]:
         pending.cancel()
         with suppress(asyncio.CancelledError):
             await pending

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ class CoordinatorState:
     reply_built_at: float = 0.0
     # Replies as JSON bytes by (registry tag, protocol, unchanged, warming, gzip): a full reply is
     # O(nodes) to serialise, and every node asks for the same few.
-    encoded: dict[tuple[str, int, bool, bool, bool], bytes] = attrs.field(factory=dict)
+    encoded: dict[tuple[str, int, bool, bool, bool], tuple[bytes, str]] = attrs.field(factory=dict)
     # Collisions already logged, so each is logged once when it appears or changes.
     collisions: frozenset[Collision] = frozenset()
     # This coordinator's own node was removed (logged once; sidecar.membership.heartbeat).
@@ -45,6 +46,9 @@ class CoordinatorState:
     # When this process became a coordinator (app clock, monotonic): its registry is
     # rebuilt from heartbeats within a TTL, and replies say `warming` until then.
     since: float = 0.0
+    # Set when the registry saw a new or released agent claim: the admin sync loop
+    # persists and replicates it (sidecar.membership.admin_sync).
+    claims_dirty: asyncio.Event = attrs.field(factory=asyncio.Event)
 
 
 COORDINATOR = web.AppKey("coordinator", CoordinatorState)
@@ -60,7 +64,8 @@ def registry_tag(app: web.Application) -> str:
 
 
 def coordinator_urls(app: web.Application) -> tuple[str, ...]:
-    """This coordinator, the configured ones, and every alive node that says it is one."""
+    """This coordinator, the configured ones, and every alive node that proved it is one
+    (its heartbeat came with a coordinator credential: Registry.apply_heartbeat)."""
     urls = [app[keys.IDENTITY].url, *app[keys.SETTINGS].coordinators]
     urls += [p.url for p in app[keys.REGISTRY].peers() if p.coordinator and p.alive]
     return tuple(sorted({u.rstrip("/") for u in urls}))
@@ -102,23 +107,25 @@ def full_reply(app: web.Application, protocol: int) -> HeartbeatReply:
 
 def encode_reply(
     app: web.Application, reply: HeartbeatReply, *, gzip_ok: bool = False
-) -> tuple[bytes, str | None]:
+) -> tuple[bytes, str | None, str]:
     """The reply as JSON, serialised (and compressed) once per registry version and
-    protocol; returns (body, content encoding). A full reply is gzipped when the node
+    protocol; returns (body, content encoding, SHA-256 of the JSON before compression: what
+    the reply's signature covers). A full reply is gzipped when the node
     accepts it: with a thousand nodes it is 1.6 MB of JSON and 50 KB compressed, and every
     node downloads it after each registry change."""
     encoded = app[COORDINATOR].encoded
     compress = gzip_ok and not reply.unchanged
     key = (reply.registry, reply.protocol, reply.unchanged, reply.warming, compress)
-    body = encoded.get(key)
-    if body is None:
+    cached = encoded.get(key)
+    if cached is None:
         if len(encoded) >= 8:
             encoded.clear()  # older versions are never asked for again
         body = json.dumps(unstructure(reply)).encode()
+        digest = hashlib.sha256(body).hexdigest()
         if compress:
             body = gzip.compress(body, compresslevel=6, mtime=0)
-        encoded[key] = body
-    return body, "gzip" if compress else None
+        cached = encoded[key] = (body, digest)
+    return cached[0], "gzip" if compress else None, cached[1]
 
 
 def require_coordinator(app: web.Application) -> None:
@@ -130,8 +137,11 @@ def require_coordinator(app: web.Application) -> None:
         )
 
 
-def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatReply:
-    """Validate membership and protocol, apply to the registry, build the reply."""
+def accept_heartbeat(
+    app: web.Application, heartbeat: Heartbeat, *, coordinator_proven: bool = False
+) -> HeartbeatReply:
+    """Validate membership and protocol, apply to the registry, build the reply.
+    `coordinator_proven`: the sender holds a coordinator credential (sidecar.security.auth)."""
     require_coordinator(app)
     ours = app[keys.IDENTITY].protocol
     protocol = ours.negotiate(heartbeat.protocol)
@@ -147,7 +157,10 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
         )
     registry = app[keys.REGISTRY]
     refuse_twin(registry, heartbeat)
-    events = registry.apply_heartbeat(heartbeat, protocol)
+    events = registry.apply_heartbeat(heartbeat, protocol, coordinator_proven=coordinator_proven)
+    if registry.has_claim_changes():
+        app[COORDINATOR].claims_dirty.set()
+        log_new_collisions(app)
     app[keys.METRICS].observe_events(events)
     for event in events:
         _log_event(event)
@@ -224,6 +237,8 @@ async def expiry_loop(app: web.Application) -> None:
     period = app[keys.SETTINGS].heartbeat_interval / 4
     while True:
         events = registry.expire()
+        if registry.has_claim_changes():  # a reaped node's claims are released
+            app[COORDINATOR].claims_dirty.set()
         app[keys.METRICS].observe_events(events)
         for event in events:
             _log_event(event)

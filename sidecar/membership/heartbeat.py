@@ -58,6 +58,11 @@ async def send_heartbeat(app: web.Application, url: str) -> None:
         return
     metrics.heartbeat_seconds.labels(coordinator=url).observe(time.perf_counter() - started)
     if response.status == 200:
+        untrusted = app[keys.PEERS].reply_problem(response)
+        if untrusted is not None:
+            # A forged or unsigned reply would hand this node someone else's routes.
+            _failure(app, url, f"heartbeat reply not trusted: {untrusted}", "unauthenticated_reply")
+            return
         try:
             reply = structure(response.body, HeartbeatReply)
         except ClusterError as exc:
@@ -126,7 +131,7 @@ def own_heartbeat(app: web.Application) -> None:
     registry: it says so once and keeps serving, instead of failing every round."""
     state = app[COORDINATOR]
     try:
-        accept_heartbeat(app, build_heartbeat(app, None))
+        accept_heartbeat(app, build_heartbeat(app, None), coordinator_proven=True)
     except Gone as exc:
         if not state.removed_self:
             log.warning("coordinator_removed", error=exc.message)

@@ -14,11 +14,13 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from signet_cluster.errors import PeerUnreachable
-from signet_cluster.security.signing import AUTH_HEADERS, Signer
+from signet_cluster.security.signing import AUTH_HEADERS, NONCE_HEADER, RoleSigner, Signer
 
 HOP_HEADER = "x-signet-cluster-hop"
 # Headers aiohttp would add on its own; a forwarded request carries only the client's.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
+# Content-Type too: a signature covers it (signet_cluster.security.signing), so aiohttp must
+# not add one the signer did not see.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # The largest answer `call` reads: a heartbeat reply for 1,000 nodes is about 1.6 MB.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
@@ -28,6 +30,10 @@ class PeerResponse:
     status: int
     body: Any
     headers: dict[str, str]
+    # The body as received (decompressed) and the nonce the request was signed with: what
+    # a signed reply is checked against (sidecar.security.auth.check_reply).
+    raw: bytes = b""
+    nonce: str | None = None
 
 
 @attrs.frozen
@@ -58,11 +64,18 @@ class PeerClient:
         *,
         signer: Signer | None = None,
         ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
+        coordinator_signer: RoleSigner | None = None,
+        is_coordinator: Callable[[], bool] = lambda: False,
+        reply_problem: Callable[[PeerResponse], str | None] = lambda _response: None,
     ) -> None:
         self.session = session
         self.node_id = node_id
         self.timeout = timeout
         self.signer = signer
+        self.coordinator_signer = coordinator_signer
+        self.is_coordinator = is_coordinator
+        # Why a signed reply cannot be trusted, or None (sidecar.security.auth.check_reply).
+        self.reply_problem = reply_problem
         # Read per request, so reloaded certificates are used from the next connection on.
         self.ssl_context = ssl_context or (lambda: None)
         self.max_reply_bytes = MAX_REPLY_BYTES
@@ -81,7 +94,9 @@ class PeerClient:
         url = URL(base_url.rstrip("/") + path)
         if params:
             url = url.extend_query(params)
-        headers = self._headers(method, url, data, {"Content-Type": "application/json"})
+        headers = self._headers(
+            method, url, data, {"Content-Type": "application/json"}, control=True
+        )
         try:
             async with self.session.request(
                 method,
@@ -96,7 +111,13 @@ class PeerClient:
                     parsed = json.loads(raw) if raw else None
                 except ValueError:
                     parsed = raw.decode("utf-8", "replace")
-                return PeerResponse(resp.status, parsed, dict(resp.headers))
+                return PeerResponse(
+                    resp.status,
+                    parsed,
+                    dict(resp.headers),
+                    raw=raw,
+                    nonce=headers.get(NONCE_HEADER),
+                )
         except TimeoutError:
             raise PeerUnreachable(f"{method} {url} timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -116,18 +137,30 @@ class PeerClient:
         return b"".join(chunks)
 
     def _headers(
-        self, method: str, url: URL, body: bytes, extra: Mapping[str, str]
+        self,
+        method: str,
+        url: URL,
+        body: bytes,
+        extra: Mapping[str, str],
+        *,
+        control: bool = False,
     ) -> dict[str, str]:
         """The headers of every request to a peer: the one place they are built, and where
-        every request is signed (method, Host, path and query, body; signet_cluster.security.signing).
+        every request is signed (method, Host, path and query, the headers the receiver acts on,
+        body; signet_cluster.security.signing).
         Signature headers and Host arriving in `extra` (a forwarded client's) are replaced."""
         drop = {*AUTH_HEADERS, "host"}
         headers = {k: v for k, v in extra.items() if k.lower() not in drop}
         headers[HOP_HEADER] = self.node_id
         host = url.host_port_subcomponent or ""
         headers["Host"] = host
-        if self.signer is not None:
-            headers.update(self.signer.headers(method, host, url.raw_path_qs, body))
+        signer: Signer | RoleSigner | None = self.signer
+        if control and self.coordinator_signer is not None and self.is_coordinator():
+            # A coordinator's own calls (heartbeats, replication, join's tell) prove its
+            # role; relayed memory requests stay on the cluster key (cheaper to check).
+            signer = self.coordinator_signer
+        if signer is not None:
+            headers.update(signer.headers(method, host, url.raw_path_qs, body, headers))
         return headers
 
     def _ssl(self, url: URL) -> ssl.SSLContext | bool:

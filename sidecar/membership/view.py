@@ -7,7 +7,7 @@ import attrs
 
 from signet_cluster.clock import Clock
 from signet_cluster.protocol import Collision, HeartbeatReply, PeerView, RouteEntry
-from signet_cluster.registry import compute_routing
+from signet_cluster.registry import RULE_ADOPTED, compute_routing
 from signet_cluster.state import StateStore
 
 
@@ -241,6 +241,8 @@ def failsafe_view(view: ClusterView, direct: dict[str, bool]) -> ClusterView:
         else p
         for p in view.peers
     )
-    adoptions = {c.agent_id: c.winner for c in view.collisions if c.rule == "adopted"}
-    routes, collisions = compute_routing(peers, adoptions)
+    adoptions = {c.agent_id: c.winner for c in view.collisions if c.rule == RULE_ADOPTED}
+    # The coordinators' first claims are not in the reply; each collision names its owner.
+    first = {c.agent_id: {c.winner: 0.0} for c in view.collisions if c.rule != RULE_ADOPTED}
+    routes, collisions = compute_routing(peers, adoptions, first)
     return attrs.evolve(view, peers=peers, routes=routes, collisions=collisions)

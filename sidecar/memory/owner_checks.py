@@ -6,12 +6,16 @@ or forgotten. Before such a request naming a non-default agent reaches the daemo
 sidecar reads the owners of the ids from the daemon's `memories.db` (read-only) and refuses
 the whole request when any id belongs to another agent, so nothing is half-applied. Ids the
 database does not know are left to the daemon (it answers `not_found`). When ownership
-cannot be read the request is refused (fail closed).
+cannot be read the request is refused (fail closed), and so is a modify or forget body the
+sidecar cannot read: a real 0.145.7 daemon decodes any bytes as UTF-8 (an invalid byte
+becomes U+FFFD, whatever `charset` the request names) and applies the request, so a body
+the check passed over would reach it unchecked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from aiohttp import web
@@ -42,16 +46,49 @@ def _ids(kind: RouteKind, body: dict[str, Any] | None, match_id: str | None) -> 
     return None
 
 
+# Routes whose body names the memories they touch: the body must be read to check them.
+_BODY_NAMES_IDS = (RouteKind.MODIFY, RouteKind.FORGET)
+
+
+def read_checked_body(raw: bytes) -> dict[str, Any] | None:
+    """The body of a modify or forget as the daemon will read it: strict UTF-8 JSON (never
+    the UTF-16/32 guess `json.loads(bytes)` makes), a JSON object; None when it is not."""
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def refuse_unreadable(kind: RouteKind, raw: bytes) -> web.Response | None:
+    """400 for a modify or forget whose body is not strict UTF-8 JSON: neither the agent it
+    names nor the ids it touches can be checked, and the daemon would still act on it. Runs
+    before routing trusts the agent read from that body (it would be `default`)."""
+    if kind not in _BODY_NAMES_IDS or not raw.strip() or read_checked_body(raw) is not None:
+        return None
+    return daemon_error(
+        400,
+        f"the {kind.value} body is not a JSON object in UTF-8, so the sidecar cannot check "
+        "which agent and memories it names; nothing was changed",
+        code="body_unreadable",
+    )
+
+
 async def refuse_foreign(
     ownership: MemoryOwnership,
     kind: RouteKind,
     agent: str,
     flavor: str,
-    body: dict[str, Any] | None,
+    raw: bytes,
     match_id: str | None,
     node_id: str,
 ) -> web.Response | None:
-    """A refusal when the request would touch memories `agent` does not own, else None."""
+    """A refusal when the request would touch memories `agent` does not own (or its body
+    cannot be read to tell: refuse_unreadable), else None."""
+    unreadable = refuse_unreadable(kind, raw)
+    if unreadable is not None:
+        return unreadable
+    body = read_checked_body(raw) if kind in _BODY_NAMES_IDS and raw.strip() else None
     ids = _ids(kind, body, match_id)
     if ids is None:
         if flavor == "rust":

@@ -25,6 +25,7 @@ from sidecar.memory.forward import DaemonClient, DaemonError, request_headers
 from sidecar.memory.owner_checks import daemon_error
 from sidecar.memory.routing import Target, retry_after
 from sidecar.memory.rust_sessions import RustSessions, not_active
+from sidecar.security.auth import BEARER_HEADER, token_unverified
 from signet_cluster.daemon.adapt import Plan, plan_request
 from signet_cluster.daemon.agent_resolution import RouteKind, session_agent
 from signet_cluster.daemon.ownership import MemoryOwnership
@@ -188,6 +189,8 @@ async def forward_to_owner(
     app = request.app
     headers: CIMultiDict[str] = request_headers(request.headers)
     headers[AGENT_ROUTED_HEADER] = target.agent_id
+    if token_unverified(request):
+        headers[BEARER_HEADER] = "unverified"
     if tag:
         headers[TAG_HEADER] = "1"
     return await app[keys.PEERS].forward(

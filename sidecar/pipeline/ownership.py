@@ -10,7 +10,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.keys import PROXY
-from sidecar.memory.owner_checks import refuse_foreign
+from sidecar.memory.owner_checks import refuse_foreign, refuse_unreadable
 from sidecar.memory.proxy import EarlyResponse
 from sidecar.pipeline.decision import Decision
 from sidecar.pipeline.intake import Intake
@@ -20,7 +20,12 @@ from signet_cluster.daemon.agent_resolution import DEFAULT_AGENT, RouteKind
 async def check_ownership(
     request: web.Request, kind: RouteKind, decision: Decision, intake: Intake
 ) -> None:
-    """Raises EarlyResponse (403) when the request names another agent's memory."""
+    """Raises EarlyResponse (403) when the request names another agent's memory, (400)
+    when its body cannot be read to tell."""
+    if kind.checks_ownership:
+        unreadable = refuse_unreadable(kind, intake.body)
+        if unreadable is not None:
+            raise EarlyResponse(unreadable)
     if decision.action != "local" or not kind.checks_ownership or decision.agent == DEFAULT_AGENT:
         return
     app = request.app
@@ -32,7 +37,7 @@ async def check_ownership(
         kind,
         decision.agent,
         flavor,
-        intake.parsed,
+        intake.body,
         request.match_info.get("id"),
         app[keys.IDENTITY].node_id,
     )

@@ -1,19 +1,30 @@
 """Who may call this sidecar: the auth middleware and the peer-address policy.
 
-Every request is put in one class by method and path, then admitted or refused:
+Every request is put in one class by method and path, and its caller gets one role; the
+table says which roles each class admits:
 
-| class | routes | unsigned from loopback | unsigned from elsewhere |
-|---|---|---|---|
-| public | GET /livez, /readyz, /health, /api/cluster/openapi.json | yes | yes |
-| peer | POST /api/cluster/heartbeat, /api/cluster/contribute, any request with the hop header | only while the sidecar has no key and no mTLS | 401 |
-| admin | every other non-GET /api/cluster/* (join, remove, coordinators, adopt, promote, admin sync ...) | only with `allow_unsigned_loopback_admin` | 401 |
-| read | GET /api/cluster/*, and the pages the sidecar serves itself (GET /metrics, /cluster, /cluster/static/*) | yes | 401 |
-| memory | everything else (the daemon's paths) | yes | 401, unless it carries a bearer token and the daemon runs in team mode (then the daemon judges the token) |
+| class | routes | roles admitted | unsigned from loopback | unsigned from elsewhere |
+|---|---|---|---|---|
+| public | GET /livez, /readyz, /health, /api/cluster/openapi.json | anyone | yes | yes |
+| peer | POST /api/cluster/heartbeat, /api/cluster/contribute, any request with the hop header | node, coordinator | only while the sidecar has no key and no mTLS | 401 |
+| admin | every other non-GET /api/cluster/* (join, remove, adopt, promote, coordinators, admin sync ...) | admin; a coordinator only for POST /api/cluster/admin and /api/cluster/coordinators | only with `allow_unsigned_loopback_admin` | 401 |
+| read | GET /api/cluster/*, and the pages the sidecar serves itself (GET /metrics, /cluster, /cluster/static/*) | admin, coordinator, node, viewer | yes | 401 |
+| memory | everything else (the daemon's paths) | admin, coordinator, node | yes | 401, unless it carries a bearer token and the daemon runs in team mode (then the daemon judges the token) |
 
-A request that is correctly signed (signet_cluster.security.signing) or arrives over TLS with a client
-certificate the CA issued is admitted in every class. Signature headers that do not verify are
-refused even from loopback: a bad signature is never downgraded to "unsigned". With both a
-certificate and a signature, the signing node must be the certificate's node.
+Roles come from the credential, never from what a request says about itself:
+- **node**: signed with a cluster key (keyring), or an mTLS certificate the CA issued;
+- **coordinator**: signed with a coordinator key (`coordinator_public_keys`), or a certificate
+  whose subject OU is `signet-cluster-coordinator`;
+- **admin**: signed with the admin key (`admin_public_keys`; the CLI), or a certificate with
+  OU `signet-cluster-admin`;
+- **viewer**: the `viewer_token_file` bearer token (GET of read routes only), or a
+  certificate with OU `signet-cluster-viewer`.
+
+A role admitted to a class that is refused by it gets 403 naming the role it needs.
+Signature headers that do not verify are refused even from loopback: a bad signature is
+never downgraded to "unsigned". A signature holds only for the sidecar its `Host` names.
+With both a certificate and a cluster-key signature, the signing node must be the
+certificate's node.
 """
 
 from __future__ import annotations
@@ -29,32 +40,57 @@ from typing import Literal
 import attrs
 import structlog
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from yarl import URL
 
-from sidecar.keys import AUTH, METRICS
-from sidecar.membership.peers import HOP_HEADER
+from sidecar.keys import AUTH, IDENTITY, METRICS
+from sidecar.membership.peers import HOP_HEADER, PeerResponse
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.daemon.roster import load_manifest
 from signet_cluster.errors import ConfigError, Forbidden
 from signet_cluster.security.keyring import KeyringFile, loose_permissions
+from signet_cluster.security.roles import RoleKey, load_role_key, parse_public_keys
 from signet_cluster.security.signing import (
     NODE_HEADER,
+    NONCE_HEADER,
     AuthFailure,
     Presented,
     ReplayCache,
+    Role,
+    RoleSigner,
     Signer,
     Verifier,
+    sign_reply,
+    verify_reply,
 )
-from signet_cluster.security.tls import TlsManager, certificate_identity
+from signet_cluster.security.tls import TlsManager, certificate_identity, certificate_role
 from signet_cluster.settings import Settings, unsafe_bind_problem
 
 log = structlog.get_logger("signet_cluster.auth")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RouteClass = Literal["public", "peer", "admin", "read", "memory"]
-Via = Literal["public", "signature", "certificate", "loopback", "bearer", "metrics_token"]
+Via = Literal[
+    "public", "signature", "certificate", "loopback", "bearer", "metrics_token", "viewer_token"
+]
+# What a caller may do (module docstring). `local`: an unsigned caller admitted by the
+# loopback rules; `anonymous`: public routes and bearer callers the daemon judges.
+CallerRole = Literal["admin", "coordinator", "node", "viewer", "local", "anonymous"]
+# Admin-class routes a coordinator calls on its own: replication between coordinators and
+# telling a member which coordinators to heartbeat to (join/remove).
+COORDINATOR_ADMIN_PATHS = frozenset({"/api/cluster/admin", "/api/cluster/coordinators"})
+CLASS_ROLES: dict[RouteClass, frozenset[str]] = {
+    "peer": frozenset({"node", "coordinator", "local"}),
+    "admin": frozenset({"admin", "local"}),
+    "read": frozenset({"admin", "coordinator", "node", "viewer", "local"}),
+    "memory": frozenset({"admin", "coordinator", "node", "local", "anonymous"}),
+}
 
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/health", "/api/cluster/openapi.json"})
 HEARTBEAT_PATH = "/api/cluster/heartbeat"
+# Set on a request a sidecar relays after admitting it on a bearer token alone (signed, so
+# it cannot be removed on the way): the receiver serves it only if its daemon checks tokens.
+BEARER_HEADER = "x-signet-cluster-bearer"
 PEER_PATHS = frozenset({HEARTBEAT_PATH, "/api/cluster/contribute"})
 # Answered by the sidecar, never by the daemon: a bearer token (which only the daemon can
 # judge) must not open them, so they are reads like GET /api/cluster/*.
@@ -68,6 +104,7 @@ class Caller:
     """How a request was admitted; handlers read it to bind messages to their sender."""
 
     via: Via
+    role: CallerRole = "anonymous"
     node_id: str | None = None
     key_id: str | None = None
     peer: str | None = None
@@ -134,14 +171,22 @@ class AuthState:
             int(settings.auth_skew * 1000),
             floor_ms=int(self.clock.time() * 1000),
         )
+        self.role_keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+        # This sidecar's own coordinator key (coordinator_key_file), when it has one.
+        self.coordinator_key: RoleKey | None = None
         self.verifier = Verifier(
-            lambda: self.keyring.current, skew_s=settings.auth_skew, cache=self.cache
+            lambda: self.keyring.current,
+            skew_s=settings.auth_skew,
+            cache=self.cache,
+            role_keys=lambda: self.role_keys,
         )
         self.peer_override: str | None = None
         self.daemon_mode = "local"
         self.refused = 0
         # Prometheus cannot sign requests; it can send a bearer token (metrics_token_file).
         self.metrics_token: bytes | None = None
+        # A read-only bearer token (viewer_token_file).
+        self.viewer_token: bytes | None = None
 
     def load(self) -> None:
         """Read keys and certificates (ConfigError listing the problems when they fail)."""
@@ -150,7 +195,12 @@ class AuthState:
             check_safe_bind(self.settings)
         except ConfigError as exc:
             problems.extend(exc.problems)
-        for step in (self.keyring.load, self.tls.load, self._load_metrics_token):
+        for step in (
+            self.keyring.load,
+            self.tls.load,
+            self._load_metrics_token,
+            self._load_role_keys,
+        ):
             try:
                 step()
             except ConfigError as exc:
@@ -163,32 +213,63 @@ class AuthState:
         self.daemon_mode = daemon_auth_mode(self.settings)
 
     def _load_metrics_token(self) -> None:
-        path = self.settings.metrics_token_file
-        if path is None:
-            return
-        try:
-            token = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                [f"metrics_token_file {path} cannot be read: {type(exc).__name__}"]
-            ) from None
-        if len(token) < 16:
-            raise ConfigError(
-                [f"metrics_token_file {path}: the token must be at least 16 characters"]
-            )
-        self.metrics_token = token.encode()
+        self.metrics_token = _read_token(self.settings.metrics_token_file, "metrics_token_file")
+        self.viewer_token = _read_token(self.settings.viewer_token_file, "viewer_token_file")
+
+    def _load_role_keys(self) -> None:
+        settings = self.settings
+        problems: list[str] = []
+        keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+        for role, texts, what in (
+            ("admin", settings.admin_public_keys, "admin_public_keys"),
+            ("coordinator", settings.coordinator_public_keys, "coordinator_public_keys"),
+        ):
+            try:
+                parsed = parse_public_keys(texts, what)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            keys.update((kid, (role, key)) for kid, key in parsed.items())  # type: ignore[misc]
+        if settings.coordinator_key_file:
+            try:
+                own = load_role_key(settings.coordinator_key_file, "coordinator_key_file")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            else:
+                if keys.get(own.id, ("", None))[0] != "coordinator":
+                    problems.append(
+                        "coordinator_key_file: its public key is not in coordinator_public_keys "
+                        f"(add {own.public})"
+                    )
+                self.coordinator_key = own
+        if problems:
+            raise ConfigError(problems)
+        self.role_keys = keys
 
     def metrics_token_ok(self, request: web.Request) -> bool:
         """A scrape of /metrics carrying the configured bearer token."""
-        if self.metrics_token is None or request.method not in ("GET", "HEAD"):
+        if request.method not in ("GET", "HEAD") or request.path != "/metrics":
             return False
-        if request.path != "/metrics":
+        return _bearer_matches(request, self.metrics_token)
+
+    def viewer_token_ok(self, request: web.Request, kind: RouteClass) -> bool:
+        """A read (GET of a read-class route) carrying the viewer token."""
+        if request.method not in ("GET", "HEAD") or kind != "read":
             return False
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.metrics_token
-        )
+        return _bearer_matches(request, self.viewer_token)
+
+    @property
+    def coordinator_keys_in_use(self) -> bool:
+        """True when coordinators prove their role with a coordinator key."""
+        return any(role == "coordinator" for role, _key in self.role_keys.values())
+
+    def coordinator_signer(self, node_id: str) -> RoleSigner | None:
+        """Signs this sidecar's control calls as a coordinator, when it holds the key and is
+        one (`is_coordinator` is read per request: promote and demote apply at once)."""
+        if self.coordinator_key is None:
+            return None
+        key = self.coordinator_key
+        return RoleSigner(lambda: key, node_id, wall=lambda: self.clock.time())
 
     @property
     def secured(self) -> bool:
@@ -209,6 +290,12 @@ class AuthState:
             "allow_unsigned_loopback_admin": self.settings.allow_unsigned_loopback_admin,
             "daemon_auth_mode": self.daemon_mode,
             "replay_cache": len(self.cache),
+            "role_keys": {
+                role: sorted(kid for kid, (r, _key) in self.role_keys.items() if r == role)
+                for role in ("admin", "coordinator")
+            },
+            "coordinator_key": self.coordinator_key.id if self.coordinator_key else None,
+            "viewer_token": self.viewer_token is not None,
         }
 
     def reload(self, force: bool = False) -> None:
@@ -227,6 +314,54 @@ class AuthState:
         self.daemon_mode = daemon_auth_mode(self.settings)
 
 
+def _netlocs(host: str, port: int) -> set[str]:
+    """How a Host header names host:port (without the port when it is the default)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    names = {f"{host}:{port}".lower()}
+    if port in (80, 443):
+        names.add(host.lower())
+    return names
+
+
+def receiver_names(request: web.Request, loopback: bool) -> frozenset[str]:
+    """Every Host value that names this sidecar: its advertised URL, `auth_host_names`, the
+    address the request arrived at, and (for callers on this host) the loopback names."""
+    app = request.app
+    auth = app[AUTH]
+    names: set[str] = {n.lower() for n in auth.settings.auth_host_names}
+    url = URL(app[IDENTITY].url)
+    if url.host is not None and url.port is not None:
+        names |= _netlocs(url.host, url.port)
+    transport = request.transport
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sock, tuple | list) and len(sock) >= 2:
+        names |= _netlocs(str(sock[0]), int(sock[1]))
+        if loopback:
+            for host in ("127.0.0.1", "localhost", "::1"):
+                names |= _netlocs(host, int(sock[1]))
+    return frozenset(names)
+
+
+def _read_token(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{what} {path} cannot be read: {type(exc).__name__}"]) from None
+    if len(token) < 16:
+        raise ConfigError([f"{what} {path}: the token must be at least 16 characters"])
+    return token.encode()
+
+
+def _bearer_matches(request: web.Request, token: bytes | None) -> bool:
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
 def peer_address(request: web.Request) -> str | None:
     override = request.app[AUTH].peer_override
     if override is not None:
@@ -239,12 +374,17 @@ def peer_address(request: web.Request) -> str | None:
     return None
 
 
-def certificate_node(request: web.Request) -> str | None:
+def certificate_node(request: web.Request) -> tuple[str, CallerRole] | None:
+    """The verified client certificate's node id and role, or None."""
     transport = request.transport
     sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
     if sslobj is None:
         return None
-    return certificate_identity(sslobj.getpeercert())
+    peercert = sslobj.getpeercert()
+    node = certificate_identity(peercert)
+    if node is None:
+        return None
+    return node, certificate_role(peercert)
 
 
 def _refused(
@@ -310,56 +450,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         request[CALLER] = Caller(via="public")
         return await handler(request)
     if auth.metrics_token_ok(request):
-        request[CALLER] = Caller(via="metrics_token")
+        request[CALLER] = Caller(via="metrics_token", role="viewer")
+        return await handler(request)
+    if auth.viewer_token_ok(request, kind):
+        request[CALLER] = Caller(via="viewer_token", role="viewer")
         return await handler(request)
     peer = peer_address(request)
     loopback = is_loopback(peer)
     try:
-        presented = Presented.parse(request.headers)
-        cert_node = certificate_node(request) if auth.tls.verifies_clients else None
-        if presented is not None and auth.keyring.current is None:
-            # Nothing to check a signature against: judge the request by its certificate,
-            # else as unsigned, and say why if that refuses it (a CLI with a key talking to
-            # a keyless sidecar).
-            if cert_node is None and _unsigned(auth, kind, loopback, request) is not None:
-                raise AuthFailure(
-                    "no_keyring",
-                    "this request is signed but this sidecar has no cluster key "
-                    "(secret_file/keyring_file) to check it with",
-                )
-            presented = None
-        if presented is not None:
-            body = await request.read()
-            verified = auth.verifier.verify(
-                presented,
-                method=request.method,
-                host=request.headers.get("Host", ""),
-                path_qs=request.raw_path,
-                body=body,
-                now=auth.clock.time(),
-            )
-            if cert_node is not None and cert_node != verified.node_id:
-                return _refused(
-                    request,
-                    403,
-                    "wrong_node",
-                    f"signed as node {verified.node_id!r} but the client certificate is "
-                    f"{cert_node!r}",
-                    peer=peer,
-                    signed_as=verified.node_id,
-                    certificate=cert_node,
-                )
-            caller = Caller(
-                via="signature", node_id=verified.node_id, key_id=verified.key_id, peer=peer
-            )
-        elif cert_node is not None:
-            caller = Caller(via="certificate", node_id=cert_node, peer=peer)
-        else:
-            reason = _unsigned(auth, kind, loopback, request)
-            if reason is not None:
-                raise AuthFailure("unsigned", reason)
-            bearer = not loopback
-            caller = Caller(via="bearer" if bearer else "loopback", peer=peer)
+        caller = await identify(request, auth, kind, peer, loopback)
     except AuthFailure as failure:
         return _refused(
             request,
@@ -370,8 +469,105 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             method=request.method,
             node=request.headers.get(NODE_HEADER),
         )
+    except _WrongNode as wrong:
+        return _refused(request, 403, "wrong_node", str(wrong), peer=peer)
+    needed = _role_refusal(kind, request, caller)
+    if needed is not None:
+        return _refused(
+            request, 403, "role", needed, peer=peer, role=caller.role, node=caller.node_id
+        )
     request[CALLER] = caller
     return await handler(request)
+
+
+class _WrongNode(Exception):
+    """A cluster-key signature from another node than the client certificate names."""
+
+
+async def identify(
+    request: web.Request, auth: AuthState, kind: RouteClass, peer: str | None, loopback: bool
+) -> Caller:
+    """Who is calling, by signature, certificate or the unsigned rules; AuthFailure (401)
+    when that cannot be established."""
+    presented = Presented.parse(request.headers)
+    cert = certificate_node(request) if auth.tls.verifies_clients else None
+    if presented is not None and auth.keyring.current is None and not auth.role_keys:
+        # Nothing to check a signature against: judge the request by its certificate,
+        # else as unsigned, and say why if that refuses it (a CLI with a key talking to
+        # a keyless sidecar).
+        if cert is None and _unsigned(auth, kind, loopback, request) is not None:
+            raise AuthFailure(
+                "no_keyring",
+                "this request is signed but this sidecar has no cluster key "
+                "(secret_file/keyring_file) to check it with",
+            )
+        presented = None
+    if presented is not None:
+        verified = auth.verifier.verify(
+            presented,
+            method=request.method,
+            host=request.headers.get("Host", ""),
+            path_qs=request.raw_path,
+            headers=request.headers.items(),
+            body=await request.read(),
+            now=auth.clock.time(),
+            receiver=receiver_names(request, loopback),
+        )
+        role: CallerRole = verified.role
+        if cert is not None and verified.role == "node":
+            if cert[0] != verified.node_id:
+                raise _WrongNode(
+                    f"signed as node {verified.node_id!r} but the client certificate is {cert[0]!r}"
+                )
+            role = cert[1]
+        caller = Caller(
+            via="signature",
+            role=role,
+            node_id=verified.node_id,
+            key_id=verified.key_id,
+            peer=peer,
+        )
+    elif cert is not None:
+        caller = Caller(via="certificate", role=cert[1], node_id=cert[0], peer=peer)
+    else:
+        reason = _unsigned(auth, kind, loopback, request)
+        if reason is not None:
+            raise AuthFailure("unsigned", reason)
+        if loopback:
+            return Caller(via="loopback", role="local", peer=peer)
+        return Caller(via="bearer", role="anonymous", peer=peer)
+    if BEARER_HEADER in request.headers and auth.daemon_mode != "team":
+        # Another sidecar let this in on a bearer token only a team-mode daemon can
+        # judge; this node's daemon would not check it.
+        raise AuthFailure(
+            "bearer_unverified",
+            "this request was admitted elsewhere on a bearer token, and this node's daemon "
+            f"runs in {auth.daemon_mode} mode, which does not check tokens; sign the request "
+            "with the cluster key (or use mTLS)",
+        )
+    return caller
+
+
+def _role_refusal(kind: RouteClass, request: web.Request, caller: Caller) -> str | None:
+    """Why this caller's role may not use this class of route, or None."""
+    if kind == "public" or caller.role in CLASS_ROLES[kind]:
+        return None
+    if (
+        kind == "admin"
+        and caller.role == "coordinator"
+        and request.method == "POST"
+        and request.path in COORDINATOR_ADMIN_PATHS
+    ):
+        return None
+    if kind == "admin":
+        return (
+            f"{request.method} {request.path} changes the cluster and needs the admin "
+            f"credential; this request carries a {caller.role} credential (sign with the "
+            "admin key: SIGNET_CLUSTER_ADMIN_KEY_FILE, see README Security)"
+        )
+    if kind == "peer":
+        return f"only sidecars may call {request.path}; this is a {caller.role} credential"
+    return f"a {caller.role} credential may not call {request.method} {request.path}"
 
 
 def token_unverified(request: web.Request) -> bool:
@@ -381,6 +577,57 @@ def token_unverified(request: web.Request) -> bool:
     spooling)."""
     caller = request.get(CALLER)
     return caller is not None and caller.via == "bearer"
+
+
+def reply_signature(request: web.Request, status: int, body_digest: str) -> dict[str, str]:
+    """Signature headers for this sidecar's answer to a signed request (a heartbeat reply)."""
+    nonce = request.headers.get(NONCE_HEADER)
+    if nonce is None:
+        return {}
+    app = request.app
+    auth = app[AUTH]
+    return sign_reply(
+        request_nonce=nonce,
+        node_id=app[IDENTITY].node_id,
+        status=status,
+        body_digest=body_digest,
+        role_key=auth.coordinator_key if app[IDENTITY].coordinator else None,
+        keyring=auth.keyring.current,
+    )
+
+
+def check_reply(auth: AuthState, response: PeerResponse) -> str | None:
+    """Why a heartbeat reply cannot be trusted, or None. With coordinator keys configured
+    it must be signed with one; with a cluster key, at least with that (the key holder that
+    answered is then trusted: configure coordinator keys to tell coordinators apart); with
+    neither, the sidecar is unsecured and takes what it gets (mTLS checked the server's
+    certificate already)."""
+    if response.nonce is None or (auth.keyring.current is None and not auth.role_keys):
+        return None
+    try:
+        verify_reply(
+            response.headers,
+            request_nonce=response.nonce,
+            status=response.status,
+            body=response.raw,
+            keyring=auth.keyring.current,
+            role_keys=auth.role_keys,
+            need_coordinator_key=auth.coordinator_keys_in_use,
+        )
+    except AuthFailure as failure:
+        return failure.message
+    return None
+
+
+def proves_coordinator(request: web.Request) -> bool:
+    """The caller holds a coordinator credential (or the sidecar is unsecured and the
+    caller is local, where nobody can prove anything)."""
+    caller = request.get(CALLER)
+    if caller is None:
+        return False
+    if caller.role == "coordinator":
+        return True
+    return caller.role == "local" and not request.app[AUTH].secured
 
 
 def require_sender(request: web.Request, node_id: str) -> None:

@@ -5,7 +5,9 @@
   is then treated as unsigned; a certificate the CA did not issue fails the handshake).
 - Client: verifies peers against the CA (hostname checked) and presents the node's certificate.
 - Identity: a verified certificate names its node by the subject common name, else the first
-  DNS subject-alternative name. A signed request must then come from that same node.
+  DNS subject-alternative name. A signed request must then come from that same node. Its
+  subject OU may grant a role (`certificate_role`): `signet-cluster-admin`,
+  `signet-cluster-coordinator` or `signet-cluster-viewer`; any other certificate is a node.
 - Reload without restart: `reload_if_changed()` re-reads the three files when one changes (the
   sidecar checks once a second and on SIGHUP). New handshakes use the new files; open
   connections keep theirs. The listener switches contexts per handshake (SNI callback), so a
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -65,6 +67,30 @@ def certificate_identity(peercert: dict[str, Any] | None) -> str | None:
         if kind == "DNS" and value:
             return str(value)
     return None
+
+
+# Subject organizational units that give a certificate a role beyond `node`.
+CERTIFICATE_ROLES = {
+    "signet-cluster-admin": "admin",
+    "signet-cluster-coordinator": "coordinator",
+    "signet-cluster-viewer": "viewer",
+}
+
+
+def certificate_role(
+    peercert: dict[str, Any] | None,
+) -> Literal["admin", "coordinator", "viewer", "node"]:
+    """The role a verified certificate grants: its subject OU `signet-cluster-admin`,
+    `-coordinator` or `-viewer`, else `node` (the CA decides, by what it signs)."""
+    found: set[str] = set()
+    for rdn in (peercert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "organizationalUnitName" and value in CERTIFICATE_ROLES:
+                found.add(CERTIFICATE_ROLES[value])
+    for role in ("admin", "coordinator", "viewer"):
+        if role in found:
+            return role
+    return "node"
 
 
 @attrs.define
