@@ -10,8 +10,8 @@ import attrs
 import pytest
 
 from signet_cluster.clock import ManualClock
-from signet_cluster.protocol import AgentInfo, DaemonInfo, SpoolSummary
-from signet_cluster.registry import Registry
+from signet_cluster.protocol import AgentInfo, Collision, DaemonInfo, RouteEntry, SpoolSummary
+from signet_cluster.registry import Registry, RegistryEvent
 
 from .test_registry import agent, hb
 
@@ -207,3 +207,119 @@ def test_the_peer_view_shows_the_last_heartbeat() -> None:
     assert peer.sidecar_version == "0.1.0" and peer.instance_id == "i-a"
     assert peer.last_seen_age_s == pytest.approx(1.5)
     assert reg.find(beat.url) is not None
+
+
+def test_an_unchanged_heartbeat_keeps_the_stored_objects() -> None:
+    """Rule: when nothing the registry shows changed, the stored agents, daemon and spool
+    objects stay (the new heartbeat's equal copies are dropped), so a steady cluster does not
+    churn long-lived objects (bench/capacity.py measures the GC cost of that churn)."""
+    reg, _clock = _registry()
+    spool = SpoolSummary(depth=1)
+    first = attrs.evolve(hb("a", [agent("alice")]), spool=spool)
+    reg.apply_heartbeat(first, 1)
+    again = attrs.evolve(
+        hb("a", [agent("alice")], seq=2), spool=SpoolSummary(depth=1)
+    )  # equal values, new objects
+    assert again.agents is not first.agents and again.spool is not spool
+    reg.apply_heartbeat(again, 1)
+    stored = reg.record("a").heartbeat  # type: ignore[union-attr]
+    assert stored is not None and stored.seq == 2
+    assert stored.agents is first.agents
+    assert stored.daemon is first.daemon
+    assert stored.spool is spool
+
+
+def test_a_change_that_is_not_the_roster_reports_no_roster_change() -> None:
+    """Rule: `roster_changed` means the agent list changed, not any field."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("alice")]), 1)
+    version = reg.version
+    assert reg.apply_heartbeat(hb("a", [agent("alice")], seq=2, url="http://127.0.0.1:1"), 1) == []
+    assert reg.version > version
+
+
+def test_events_name_their_node() -> None:
+    """Rule: every registry event carries its kind and the node it is about."""
+    reg, clock = _registry()
+    assert reg.apply_heartbeat(hb("a", [agent("alice")]), 1) == [
+        RegistryEvent(kind="joined_cluster", node_id="a")
+    ]
+    assert reg.apply_heartbeat(hb("a", [agent("anna")], seq=2), 1) == [
+        RegistryEvent(kind="roster_changed", node_id="a")
+    ]
+    clock.advance(TTL + 1)
+    reg.expire()
+    assert reg.apply_heartbeat(hb("a", [agent("anna")], seq=3), 1) == [
+        RegistryEvent(kind="came_back", node_id="a")
+    ]
+
+
+def test_a_joined_node_before_its_first_heartbeat_shows_as_unknown() -> None:
+    """Rule: a peer known only from an operator's join shows its URL, down, joined, no
+    coordinator role, an unknown unhealthy daemon and no agents, sequence or spool."""
+    reg, _clock = _registry()
+    reg.mark_joined("j", "http://127.0.0.1:7100")
+    (peer,) = reg.peers()
+    assert (peer.node_id, peer.url, peer.state, peer.joined) == (
+        "j",
+        "http://127.0.0.1:7100",
+        "down",
+        True,
+    )
+    assert peer.coordinator is False
+    assert peer.daemon == DaemonInfo(flavor="unknown", healthy=False)
+    assert peer.agents == () and peer.seq is None and peer.spool is None
+    assert peer.protocol is None and peer.sidecar_version is None and peer.instance_id is None
+    assert peer.last_seen_age_s is None
+    assert "j" in reg and "x" not in reg
+
+
+def test_the_age_since_last_seen_is_rounded_to_the_millisecond() -> None:
+    """Rule: a peer's `last_seen_age_s` is the silence in seconds, to three decimals."""
+    reg, clock = _registry()
+    reg.apply_heartbeat(hb("a", []), 1)
+    clock.advance(1.23456)
+    assert reg.peers()[0].last_seen_age_s == 1.235
+
+
+def test_routes_carry_the_owner_and_policy_and_are_cached_per_version() -> None:
+    """Rule: a route names the agent, its owner's node and URL and the agent's read policy
+    and group; one claimant is not a collision; `default` entries are skipped wherever they
+    stand in a roster; asking twice without a change gives the same answer."""
+    reg, _clock = _registry()
+    grouped = AgentInfo(id="g", read_policy="group", policy_group="ops")
+    reg.apply_heartbeat(
+        hb("a", [agent("default"), grouped], url="http://127.0.0.1:7001"),
+        1,
+    )
+    routes, collisions = reg.routing()
+    assert routes == (
+        RouteEntry(
+            agent_id="g",
+            node_id="a",
+            url="http://127.0.0.1:7001",
+            read_policy="group",
+            policy_group="ops",
+        ),
+    )
+    assert collisions == ()
+    assert reg.routing() == (routes, collisions)
+    reg.apply_heartbeat(hb("bb", [grouped]), 1)
+    routes, collisions = reg.routing()
+    assert [c.agent_id for c in collisions] == ["g"]
+    assert isinstance(collisions[0], Collision) and collisions[0].claimants == ("a", "bb")
+    assert reg.routing() == (routes, collisions)
+
+
+def test_find_accepts_trailing_slashes_bare_hosts_and_ipv6() -> None:
+    """Rule: a node is found by its URL with or without a trailing slash, by HOST:PORT, or by
+    its bare host, IPv6 literals included; a prefix of a host finds nothing."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("v6", [], url="http://[fd00::7]:3860"), 1)
+    reg.apply_heartbeat(hb("e", [], url="http://edgeX"), 1)
+    assert reg.matches("[fd00::7]") == ["v6"]
+    assert reg.matches("http://[fd00::7]:3860/") == ["v6"]
+    assert reg.matches("edgeX") == ["e"]
+    assert reg.matches("http://edgeX/") == ["e"]
+    assert reg.matches("edge") == []
+    assert reg.matches("[fd00") == []
