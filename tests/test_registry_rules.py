@@ -312,8 +312,9 @@ def test_routes_carry_the_owner_and_policy_and_are_cached_per_version() -> None:
 
 
 def test_find_accepts_trailing_slashes_bare_hosts_and_ipv6() -> None:
-    """Rule: a node is found by its URL with or without a trailing slash, by HOST:PORT, or by
-    its bare host, IPv6 literals included; a prefix of a host finds nothing."""
+    """Rule: a node is found by its URL with or without a trailing slash (on either side), by
+    HOST:PORT, or by its bare host, IPv6 literals included; a prefix of a host, or a string
+    that is not one URL, finds nothing."""
     reg, _clock = _registry()
     reg.apply_heartbeat(hb("v6", [], url="http://[fd00::7]:3860"), 1)
     reg.apply_heartbeat(hb("e", [], url="http://edgeX"), 1)
@@ -323,3 +324,8 @@ def test_find_accepts_trailing_slashes_bare_hosts_and_ipv6() -> None:
     assert reg.matches("http://edgeX/") == ["e"]
     assert reg.matches("edge") == []
     assert reg.matches("[fd00") == []
+    reg.apply_heartbeat(hb("s", [], url="http://10.0.0.5:3860/"), 1)
+    assert reg.matches("10.0.0.5:3860") == ["s"]
+    assert reg.matches("10.0.0.5") == ["s"]
+    # A needle is one URL: a host buried in garbage does not name a node.
+    assert reg.matches("http://junk://10.0.0.5:3860") == []
