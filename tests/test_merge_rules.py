@@ -81,3 +81,12 @@ def test_a_leg_of_unknown_role_sorts_after_owner_and_contributors() -> None:
     contributor = Leg("b", "contributor", [{"id": "con", "content": "y"}])
     owner = Leg("c", "owner", [{"id": "own", "content": "z"}])
     assert _ids(merge([odd, contributor, owner], 10)) == ["own", "con", "odd"]
+
+
+def test_memory_id_decides_the_last_tie() -> None:
+    """Rule: the order is total: two lists from the same node and role (equal rank and
+    score) are ordered by memory id, whichever list arrives first."""
+    first = Leg("n", "contributor", [{"id": "m2", "content": "x", "score": 0.5}])
+    second = Leg("n", "contributor", [{"id": "m1", "content": "y", "score": 0.5}])
+    assert _ids(merge([first, second], 10)) == ["m1", "m2"]
+    assert _ids(merge([second, first], 10)) == ["m1", "m2"]

@@ -264,6 +264,9 @@ def test_a_fractional_skew_is_kept_in_milliseconds() -> None:
         _verify(_signed(ts_ms=NOW_MS + 2_501, nonce="x" * 22), verifier=verifier)
     assert "(allowed ±2.5s)" in info.value.message
     assert "is +2.5s from" in info.value.message
+    with pytest.raises(AuthFailure) as info:
+        _verify(_signed(ts_ms=NOW_MS - 100_000, nonce="y" * 22), verifier=verifier)
+    assert "is -100.0s from" in info.value.message
 
 
 def test_a_full_cache_refuses_at_and_before_the_evicted_timestamp() -> None:
