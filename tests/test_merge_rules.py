@@ -90,3 +90,12 @@ def test_memory_id_decides_the_last_tie() -> None:
     second = Leg("n", "contributor", [{"id": "m1", "content": "y", "score": 0.5}])
     assert _ids(merge([first, second], 10)) == ["m1", "m2"]
     assert _ids(merge([second, first], 10)) == ["m1", "m2"]
+
+
+def test_hits_equal_in_every_sort_field_merge_without_error() -> None:
+    """Rule: two copies of a memory from one node at the same rank and score (a list sent
+    twice, perhaps with edited content) never break the merge; the id shows once."""
+    old = Leg("n", "contributor", [{"id": "m1", "content": "before"}])
+    new = Leg("n", "contributor", [{"id": "m1", "content": "after"}])
+    assert _ids(merge([old, new], 10)) == ["m1"]
+    assert _ids(merge([old, old], 10)) == ["m1"]
