@@ -237,22 +237,21 @@ def test_a_verified_request_names_its_sender() -> None:
     assert second.nonce == "b" * 22
 
 
-@pytest.mark.parametrize(("offset_ms", "accepted"), [(-30_000, True), (30_000, True)])
-def test_the_skew_window_includes_its_edges(offset_ms: int, accepted: bool) -> None:
-    """Rule: a timestamp exactly `skew` seconds from the verifier's clock is accepted; one
-    millisecond further is stale, with a message giving the offset and the allowance."""
-    _verify(_signed(ts_ms=NOW_MS + offset_ms))
-    for beyond in (offset_ms - 1, offset_ms + 1):
-        if abs(beyond) <= 30_000:
-            continue
-        with pytest.raises(AuthFailure) as info:
-            _verify(_signed(ts_ms=NOW_MS + beyond))
-        assert info.value.reason == "stale"
-        sign = "+" if beyond > 0 else "-"
-        assert info.value.message == (
-            f"request timestamp is {sign}30.0s from this sidecar's clock (allowed ±30s); "
-            "check the clocks (NTP) or resend"
-        )
+@pytest.mark.parametrize("edge_ms", [-30_000, 30_000])
+def test_the_skew_window_includes_its_edges(edge_ms: int) -> None:
+    """Rule: a timestamp exactly `skew` seconds from the verifier's clock (30 s here) is
+    accepted, in the past or the future; one millisecond further is stale, with a message
+    giving the offset and the allowance."""
+    _verify(_signed(ts_ms=NOW_MS + edge_ms))
+    beyond = edge_ms + (1 if edge_ms > 0 else -1)
+    with pytest.raises(AuthFailure) as info:
+        _verify(_signed(ts_ms=NOW_MS + beyond))
+    assert info.value.reason == "stale"
+    sign = "+" if beyond > 0 else "-"
+    assert info.value.message == (
+        f"request timestamp is {sign}30.0s from this sidecar's clock (allowed ±30s); "
+        "check the clocks (NTP) or resend"
+    )
 
 
 def test_a_fractional_skew_is_kept_in_milliseconds() -> None:
