@@ -39,7 +39,8 @@ def content_key(hit: dict[str, Any]) -> str | None:
     content = hit.get("content")
     if not isinstance(content, str):
         return None
-    text = _WS.sub(" ", content.replace("\r\n", "\n").strip().lower())
+    # `\s` covers CR and LF, so a CRLF is one run of whitespace like any other.
+    text = _WS.sub(" ", content.strip().lower())
     return _TRAILING_PUNCT.sub("", text).strip() or None
 
 

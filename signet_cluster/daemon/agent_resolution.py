@@ -43,10 +43,6 @@ class RouteKind(enum.Enum):
     EXPAND = "expand"  # POST /api/knowledge/expand, /api/knowledge/expand/session
 
     @property
-    def is_write(self) -> bool:
-        return self in WRITES
-
-    @property
     def is_list_read(self) -> bool:
         """Reads answered with a result list (the ones federation fans out)."""
         return self in (RouteKind.RECALL, RouteKind.SEARCH, RouteKind.LEGACY_SEARCH)
@@ -62,18 +58,6 @@ class RouteKind(enum.Enum):
             RouteKind.RECOVER,
         )
 
-
-WRITES = frozenset(
-    {
-        RouteKind.REMEMBER,
-        RouteKind.HOOK_REMEMBER,
-        RouteKind.MODIFY,
-        RouteKind.FORGET,
-        RouteKind.PATCH_BY_ID,
-        RouteKind.DELETE_BY_ID,
-        RouteKind.HOOK,
-    }
-)
 
 # Where each route's agent comes from, in the daemon's order. ("body", k) is a body field,
 # ("query", k) a query parameter, ("header", k) a header; "session" marks a session key whose
