@@ -16,7 +16,7 @@ from sidecar.membership import admin_sync
 from sidecar.membership.coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
 from sidecar.membership.failsafe import failsafe_ctx
 from sidecar.membership.heartbeat import heartbeat_ctx
-from sidecar.membership.identity import NodeIdentity
+from sidecar.membership.identity import NodeIdentity, default_node_id
 from sidecar.membership.peers import PeerClient
 from sidecar.membership.view import Membership
 from sidecar.membership.watcher import watcher_ctx
@@ -55,7 +55,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     store = StateStore(settings.state_path / "state.db")
     await store.open()
     app[keys.STATE] = store
-    node_id = await store.node_id(settings.node_id)
+    node_id = await store.node_id(settings.node_id, new=default_node_id())
     # A run-time promotion (`signet-cluster promote`) outlives restarts.
     promoted = await store.meta("coordinator")
     coordinator = settings.coordinator if promoted is None else promoted == "1"

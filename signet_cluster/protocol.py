@@ -223,10 +223,15 @@ class PromoteRequest:
 
 @attrs.frozen(kw_only=True)
 class CoordinatorsUpdate:
-    """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join)."""
+    """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join and
+    remove). `node_id` names the node the update is for: a sidecar with another id at that
+    URL (a restart under a new id, a new host) refuses it instead of obeying."""
 
     add: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
     remove: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
+    node_id: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(valid_node_id)
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -138,6 +138,23 @@ class Registry:
             return True
         return False
 
+    def restore_seen(self, node_id: str, url: str) -> bool:
+        """A node a previous run of this coordinator knew (persisted by the coordinator):
+        listed as down until it heartbeats, so a host that stopped heartbeating while this
+        coordinator was away is shown, not silently missing. Reaped like any discovered
+        node if it never returns."""
+        if node_id in self._peers:
+            return False
+        self._peers[node_id] = PeerRecord(
+            node_id=node_id, url=url, down_since=self.clock.monotonic()
+        )
+        self._bump()
+        return True
+
+    def addresses(self) -> dict[str, str]:
+        """node id -> URL of every registered node."""
+        return {r.node_id: r.url for r in self._peers.values()}
+
     def remove(self, node_id: str) -> bool:
         if self._peers.pop(node_id, None) is None:
             return False

@@ -18,6 +18,8 @@ from signet_cluster.errors import ConfigError
 
 ENV_PREFIX = "SIGNET_CLUSTER_"
 DEFAULT_PORT = 3860
+# Where the system unit keeps its state (systemd StateDirectory=signet-cluster).
+SYSTEM_STATE_DIR = "/var/lib/signet-cluster"
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -28,7 +30,7 @@ def _doc(text: str) -> dict[str, str]:
 class Settings:
     node_id: str | None = attrs.field(
         default=None,
-        metadata=_doc("Stable node id; generated once and kept in the state DB when unset."),
+        metadata=_doc("Stable node id; when unset, the host's short name (kept in the state DB)."),
     )
     host: str = attrs.field(default="127.0.0.1", metadata=_doc("Address the sidecar listens on."))
     port: int = attrs.field(default=DEFAULT_PORT, metadata=_doc("Port the sidecar listens on."))
@@ -68,7 +70,9 @@ class Settings:
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_doc(
-            "Where the sidecar keeps its state DB (default $XDG_STATE_HOME/signet-cluster)."
+            "Where the sidecar keeps its state DB (default /var/lib/signet-cluster when it "
+            "exists and is writable, as the system unit uses, else "
+            "$XDG_STATE_HOME/signet-cluster)."
         ),
     )
     heartbeat_interval: float = attrs.field(
@@ -240,6 +244,11 @@ class Settings:
     def state_path(self) -> Path:
         if self.state_dir:
             return Path(self.state_dir).expanduser()
+        # The system unit's directory wins when this user may write it: foreground `serve`
+        # on that host then uses the same state DB (node id, spool) as the unit does.
+        system = Path(SYSTEM_STATE_DIR)
+        if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
+            return system
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(base) / "signet-cluster"
 

@@ -57,7 +57,13 @@ async def tell(app: web.Application, url: str, update: CoordinatorsUpdate) -> st
         )
     except PeerUnreachable as exc:
         return exc.message
-    return None if response.status == 200 else f"{url} answered {response.status}"
+    if response.status == 200:
+        return None
+    body = response.body if isinstance(response.body, dict) else {}
+    if body.get("code") == "wrong_node":
+        other = (body.get("details") or {}).get("node_id")
+        return f"{url} is now node {other!r}, not {update.node_id!r}; it was left alone"
+    return f"{url} answered {response.status}"
 
 
 @routes.post("/api/cluster/join")
@@ -96,7 +102,9 @@ async def join(request: web.Request) -> web.Response:
         node_id=info.node_id, url=info.url, state="joined", at=app[keys.CLOCK].time()
     )
     await record_decision(app, AdminState(nodes=(decision,)))
-    told = await tell(app, info.url, CoordinatorsUpdate(add=coordinator_urls(app)))
+    told = await tell(
+        app, info.url, CoordinatorsUpdate(add=coordinator_urls(app), node_id=info.node_id)
+    )
     log.info("peer_joined", node_id=info.node_id, url=info.url, already_joined=already_joined)
     return web.json_response(
         {
@@ -142,8 +150,10 @@ async def remove(request: web.Request) -> web.Response:
         )
     decision = NodeDecision(node_id=node_id, url=url, state="removed", at=app[keys.CLOCK].time())
     await record_decision(app, AdminState(nodes=(decision,)))
-    told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app)))
-    log.info("peer_removed", node_id=node_id, url=url)
+    # Addressed to the node id: a different node now answering at that URL (restarted
+    # under a new id, or a replacement host) refuses it and keeps heartbeating.
+    told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app), node_id=node_id))
+    log.warning("peer_removed", node_id=node_id, url=url, told=told is None, error=told)
     return web.json_response(
         {
             "node": needle,

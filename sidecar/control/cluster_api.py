@@ -17,12 +17,14 @@ from sidecar.membership.coordinator import (
     encode_reply,
     require_coordinator,
 )
+from sidecar.membership.peers import HOP_HEADER
 from sidecar.security.auth import require_sender
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import (
     ClusterError,
     NotFound,
     PeerUnreachable,
+    WrongNode,
 )
 from signet_cluster.protocol import (
     CoordinatorsUpdate,
@@ -206,16 +208,37 @@ async def freshest_status(app: web.Application) -> dict[str, Any]:
 
 @routes.post("/api/cluster/coordinators")
 async def update_coordinators(request: web.Request) -> web.Response:
-    """Member side of join/remove: start or stop heartbeating to the given coordinators."""
+    """Member side of join/remove: start or stop heartbeating to the given coordinators.
+    An update naming another node id is refused (409 wrong_node) and changes nothing: the
+    coordinator meant the node that used to answer at this URL, not this one."""
     app = request.app
     update = structure(await read_json(request), CoordinatorsUpdate)
+    node_id = app[keys.IDENTITY].node_id
+    if update.node_id is not None and update.node_id != node_id:
+        raise WrongNode(
+            f"this sidecar is node {node_id!r}, not {update.node_id!r}; nothing changed",
+            details={"node_id": node_id},
+        )
     membership = app[keys.MEMBERSHIP]
+    addressed = update.node_id is not None
     if update.add:
-        await membership.add(update.add)
+        await membership.add(update.add, rejoin=addressed)
     if update.remove:
         await membership.remove(update.remove)
-    log.info("coordinators_updated", add=list(update.add), remove=list(update.remove))
-    return web.json_response({"coordinators": membership.targets()})
+        if addressed and not update.add:
+            sender = request.headers.get(HOP_HEADER)
+            stopped = ", ".join(update.remove)
+            by = f"coordinator {sender}, heartbeats to {stopped} stopped" if sender else stopped
+            if await membership.mark_removed(by):
+                log.warning(
+                    "node_removed",
+                    node_id=node_id,
+                    by=by,
+                    hint="this node is out of the cluster; `signet-cluster join` adds it back",
+                )
+    if not (update.remove and addressed):
+        log.info("coordinators_updated", add=list(update.add), remove=list(update.remove))
+    return web.json_response({"coordinators": membership.targets(), "node_id": node_id})
 
 
 @routes.get("/api/cluster/peers/{node}")

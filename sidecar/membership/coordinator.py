@@ -218,15 +218,52 @@ def _log_event(event: RegistryEvent) -> None:
         log.info("peer_roster_changed", node_id=event.node_id)
 
 
+# The state-DB key under which a coordinator keeps the nodes it knows (id -> URL), so that
+# after a restart a node that never comes back is listed as down instead of missing.
+SEEN_NODES_KEY = "seen_nodes"
+SEEN_SAVE_EVERY_S = 5.0
+
+
+async def restore_seen(app: web.Application) -> None:
+    raw = await app[keys.STATE].meta(SEEN_NODES_KEY)
+    try:
+        seen = json.loads(raw) if raw else {}
+    except ValueError:
+        seen = {}
+    if not isinstance(seen, dict):
+        return
+    removed = app[COORDINATOR].removed
+    own = app[keys.IDENTITY].node_id
+    registry = app[keys.REGISTRY]
+    for node_id, url in seen.items():
+        if isinstance(url, str) and node_id not in removed and node_id != own:
+            registry.restore_seen(node_id, url)
+
+
+async def save_seen(app: web.Application, saved: dict[str, str]) -> dict[str, str]:
+    """Persist the registry's node ids and URLs when they changed; returns what is saved."""
+    current = app[keys.REGISTRY].addresses()
+    if current != saved:
+        await app[keys.STATE].set_meta(SEEN_NODES_KEY, json.dumps(current, sort_keys=True))
+    return current
+
+
 async def expiry_loop(app: web.Application) -> None:
     registry: Registry = app[keys.REGISTRY]
     # Check four times per heartbeat interval so a node is marked down soon after its TTL.
     period = app[keys.SETTINGS].heartbeat_interval / 4
+    saved: dict[str, str] | None = None
+    saved_at = 0.0
     while True:
         events = registry.expire()
         app[keys.METRICS].observe_events(events)
         for event in events:
             _log_event(event)
+        if app[keys.IDENTITY].coordinator and time.monotonic() - saved_at >= SEEN_SAVE_EVERY_S:
+            if saved is None:
+                await restore_seen(app)
+            saved = await save_seen(app, saved or {})
+            saved_at = time.monotonic()
         await asyncio.sleep(period)
 
 
