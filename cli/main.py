@@ -16,23 +16,83 @@ from signet_cluster.logconfig import configure_logging
 from signet_cluster.settings import DEFAULT_PORT, FIELDS, describe, env_name, load_settings
 
 from .client import EXIT_DEGRADED, CliError, expect_ok, get_status, run_async
-from .context import CliContext, emit_json, json_option, pass_ctx
+from .context import (
+    DEFAULT_SIDECAR,
+    CliContext,
+    change_options,
+    confirm,
+    emit_json,
+    fail_json,
+    json_on_error,
+    json_option,
+    pass_ctx,
+)
 from .render import render_status, status_problems
 from .status_watch import check_watch_options, watch_options, watch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ClusterGroup(click.Group):
+    """The command group; global options (`--sidecar URL`, `--timeout S`, ...) are also
+    accepted after the subcommand (`join X --timeout 3`), as `--help` lists them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(self, args))
+
+
+def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
+    """Move the group's own options found after the subcommand name to the front. A
+    subcommand option of the same name keeps it (none does today); `--` ends the scan."""
+    takes_value: dict[str, bool] = {}
+    for param in group.params:
+        if isinstance(param, click.Option):
+            for name in param.opts:
+                if name.startswith("--"):
+                    takes_value[name] = not param.is_flag
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    seen_command = False
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest.extend(args[index:])
+            break
+        if not seen_command and not arg.startswith("-"):
+            seen_command = True
+            command = group.commands.get(arg)
+            own = {o for p in (command.params if command else []) for o in getattr(p, "opts", [])}
+            takes_value = {k: v for k, v in takes_value.items() if k not in own}
+            rest.append(arg)
+        elif seen_command and arg.split("=", 1)[0] in takes_value:
+            name = arg.split("=", 1)[0]
+            if "=" in arg or not takes_value[name]:
+                front.append(arg)
+            else:
+                front.extend(args[index : index + 2])
+                index += 1
+        elif not seen_command and arg in takes_value and takes_value[arg]:
+            rest.extend(args[index : index + 2])
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return front + rest
+
+
+@click.group(
+    cls=ClusterGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="signet-cluster")
 @click.option(
     "--sidecar",
     envvar="SIGNET_CLUSTER_SIDECAR",
-    default=DEFAULT_SIDECAR,
-    show_default=True,
+    default=None,
     help="Sidecar(s) to talk to: any node; several comma-separated are tried in order "
-    "(env SIGNET_CLUSTER_SIDECAR).",
+    "(env SIGNET_CLUSTER_SIDECAR). Default: this node's URL from the settings file named by "
+    f"SIGNET_CLUSTER_CONFIG, else {DEFAULT_SIDECAR}.",
 )
 @click.option(
     "--timeout",
@@ -42,7 +102,7 @@ DEFAULT_SIDECAR = f"http://127.0.0.1:{DEFAULT_PORT}"
     help="Seconds to wait for an answer.",
 )
 @click.pass_context
-def cli(ctx: click.Context, sidecar: str, timeout: float) -> None:
+def cli(ctx: click.Context, sidecar: str | None, timeout: float) -> None:
     """Run Signet memory daemons on several machines as one cluster.
 
     Every host runs `signet-cluster serve` next to its Signet daemon; point any command at
@@ -153,13 +213,20 @@ def status(ctx: CliContext, as_json: bool, watch: bool, interval: float, count: 
     check_watch_options(click.get_current_context(), watch)
     if watch:
         sys.exit(watch_status(ctx.client, as_json=as_json, interval=interval, count=count))
-    body = run_async(get_status(ctx.client))
+    try:
+        body = run_async(get_status(ctx.client))
+    except CliError as exc:
+        if as_json:  # scripts read stdout: the error is JSON there too
+            emit_json({"error": exc.message, "exit_code": exc.exit_code, "problems": []})
+        raise
+    problems = status_problems(body)
+    code = EXIT_DEGRADED if problems else 0
     if as_json:
-        emit_json(body)
+        emit_json({**body, "problems": problems, "exit_code": code})
     else:
         click.echo(render_status(body))
-    if status_problems(body):
-        sys.exit(EXIT_DEGRADED)
+    if code:
+        sys.exit(code)
 
 
 @cli.command()
@@ -191,22 +258,89 @@ def join(ctx: CliContext, address: str, wait: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("node")
+@change_options
 @json_option
 @pass_ctx
-def remove(ctx: CliContext, node: str, as_json: bool) -> None:
-    """Remove NODE (node id, HOST:PORT, or a host with one node) from the cluster. Idempotent."""
+def remove(ctx: CliContext, node: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """Remove NODE (node id, HOST:PORT, or a host with one node) from the cluster. Idempotent.
+
+    Only the node with that id is told to stop heartbeating: another node now answering at
+    its URL is left alone. Shows the node and asks first on a terminal; --yes for scripts,
+    --dry-run to only show it. An unknown NODE is exit 1 with the closest known name."""
     from urllib.parse import quote
 
-    body = expect_ok(
-        run_async(ctx.client.admin("DELETE", f"/api/cluster/peers/{quote(node, safe='')}"))
-    )
+    path = f"/api/cluster/peers/{quote(node, safe='')}"
+    preview = run_async(ctx.client.admin("GET", path))
+    if preview.status == 200 and isinstance(preview.body, dict):
+        peer = preview.body
+        agents = ", ".join(a["id"] for a in peer.get("agents", [])) or "no agents"
+        question = f"Remove node {peer['node_id']} ({peer['url']}, {peer['state']}, {agents})?"
+        if dry_run:
+            if as_json:
+                emit_json({"dry_run": True, "would_remove": peer})
+            else:
+                click.echo(
+                    f"would remove {peer['node_id']} ({peer['url']}, {peer['state']}, "
+                    f"{agents}); nothing changed (--dry-run)"
+                )
+            return
+        confirm(question, yes)
+    elif dry_run:
+        # Not in the registry: unknown (404 with a suggestion) or removed before.
+        fail_json(preview, as_json)
+    body = expect_ok(json_on_error(run_async(ctx.client.admin("DELETE", path)), as_json))
     if as_json:
         emit_json(body)
         return
     if body.get("removed"):
         click.echo(f"{body['node_id']} ({body['url']}) removed.")
+        if body.get("warning"):
+            click.echo(f"warning: {body['warning']}", err=True)
     else:
-        click.echo(f"{node}: not a member; nothing to do.")
+        click.echo(f"{node}: removed before; nothing to do.")
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@change_options
+@json_option
+@pass_ctx
+def replace(ctx: CliContext, old: str, new: str, dry_run: bool, yes: bool, as_json: bool) -> None:
+    """NEW takes OLD's place: a node that came back under a new node id (a new state dir,
+    a rebuilt host). NEW becomes a member if OLD was one, every `adopt` naming OLD names
+    NEW, and OLD is removed; nothing is sent to OLD's URL. OLD must be down, NEW alive.
+    `status` suggests this when a new node answers at a down node's URL with its agents."""
+    request = {"old": old, "new": new, "dry_run": True}
+    plan = expect_ok(
+        json_on_error(run_async(ctx.client.admin("POST", "/api/cluster/replace", request)), as_json)
+    )
+    summary = (
+        f"{new} ({plan['url']}) replaces {old}: "
+        + ("membership" if plan["joined"] else "no membership (OLD was only discovered)")
+        + (
+            f", adoptions of {', '.join(plan['adoptions_moved'])}"
+            if plan["adoptions_moved"]
+            else ""
+        )
+    )
+    if dry_run:
+        if as_json:
+            emit_json(plan)
+        else:
+            click.echo(f"would do: {summary}; nothing changed (--dry-run)")
+        return
+    confirm(f"{summary}. Go ahead?", yes)
+    request["dry_run"] = False
+    body = expect_ok(
+        json_on_error(run_async(ctx.client.admin("POST", "/api/cluster/replace", request)), as_json)
+    )
+    if as_json:
+        emit_json(body)
+        return
+    click.echo(f"done: {summary}.")
+    if body.get("warning"):
+        click.echo(f"warning: {body['warning']}", err=True)
 
 
 def _register_optional_commands() -> None:

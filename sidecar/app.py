@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import keys
-from sidecar.control import admin_api, cluster_api, routing_api
+from sidecar.control import admin_api, cluster_api, replace_api, routing_api
 from sidecar.etcd.backend import etcd_ctx
 from sidecar.federation import contribute
 from sidecar.membership import admin_sync
@@ -103,6 +103,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app.add_routes(openapi.routes)
     app.add_routes(topology.routes)
     app.add_routes(admin_api.routes)
+    app.add_routes(replace_api.routes)
     app.add_routes(admin_sync.routes)
     app.add_routes(routing_api.routes)
     app.add_routes(contribute.routes)

@@ -217,6 +217,15 @@ class AdoptRequest:
 
 
 @attrs.frozen(kw_only=True)
+class ReplaceRequest:
+    """`signet-cluster replace OLD NEW`: NEW takes over OLD's membership and adoptions."""
+
+    old: str = attrs.field(validator=valid_node_id)
+    new: str = attrs.field(validator=valid_node_id)
+    dry_run: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class PromoteRequest:
     coordinator: bool
 

@@ -396,10 +396,10 @@ def load_settings(
             problems.append(problem)
         else:
             values[name] = value
-    if problems:
-        raise ConfigError(problems)
+    # One round: the values that parsed are validated too, so every problem is listed at
+    # once (not some only after the others are fixed).
     settings = Settings(**values)
-    problems = validate(settings)
+    problems += validate(settings)
     if problems:
         raise ConfigError(problems)
     return settings

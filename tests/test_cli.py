@@ -86,9 +86,9 @@ async def test_join_remove_and_errors_from_the_cli(cluster: Cluster) -> None:
     assert code == 0, err
     assert out.strip() == f"c ({c.url}) joined."
     await cluster.wait_states(a, {"c": "alive"})
-    code, out, _ = await run_cli("--sidecar", a.url, "remove", "c")
+    code, out, _ = await run_cli("--sidecar", a.url, "remove", "c", "--yes")
     assert code == 0 and out.strip() == f"c ({c.url}) removed."
-    code, out, _ = await run_cli("--sidecar", a.url, "remove", "c")
+    code, out, _ = await run_cli("--sidecar", a.url, "remove", "c", "--yes")
     assert code == 0 and "nothing to do" in out
     code, _, err = await run_cli("--sidecar", "http://127.0.0.1:1", "--timeout", "2", "status")
     assert code == 4

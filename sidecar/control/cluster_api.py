@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import structlog
@@ -15,6 +16,7 @@ from sidecar.membership.coordinator import (
     accept_heartbeat,
     coordinator_urls,
     encode_reply,
+    registry_tag,
     require_coordinator,
 )
 from sidecar.membership.peers import HOP_HEADER
@@ -26,6 +28,7 @@ from signet_cluster.errors import (
     PeerUnreachable,
     WrongNode,
 )
+from signet_cluster.explain import cluster_problems
 from signet_cluster.protocol import (
     CoordinatorsUpdate,
     Heartbeat,
@@ -34,6 +37,12 @@ from signet_cluster.protocol import (
 
 log = structlog.get_logger("signet_cluster.cluster_api")
 routes = web.RouteTableDef()
+
+
+def did_you_mean(needle: str, names: set[str]) -> str:
+    """`; did you mean X?` for the closest known name, else nothing."""
+    close = difflib.get_close_matches(needle, sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @routes.post("/api/cluster/heartbeat")
@@ -121,7 +130,8 @@ def local_status(app: web.Application) -> dict[str, Any]:
         body.update(
             view={
                 "source": "registry",
-                "registry_version": registry.version,
+                # The same tag heartbeat replies, resolve and routes carry (one type: text).
+                "registry_version": registry_tag(app),
                 "age_s": 0.0,
                 "stale": False,
             },
@@ -171,7 +181,10 @@ async def status(request: web.Request) -> web.Response:
     app = request.app
     if request.query.get("local") == "1":
         return web.json_response(local_status(app))
-    return web.json_response(await freshest_status(app))
+    body = await freshest_status(app)
+    # What makes the cluster degraded, judged once here for the CLI, scripts and the page.
+    body["problems"] = cluster_problems(body)
+    return web.json_response(body)
 
 
 async def freshest_status(app: web.Application) -> dict[str, Any]:
@@ -245,9 +258,15 @@ async def update_coordinators(request: web.Request) -> web.Response:
 async def peer(request: web.Request) -> web.Response:
     app = request.app
     require_coordinator(app)
-    record = app[keys.REGISTRY].find(request.match_info["node"])
+    registry = app[keys.REGISTRY]
+    needle = request.match_info["node"]
+    record = registry.find(needle)
     if record is None:
-        raise NotFound(f"no node {request.match_info['node']!r} in the registry")
+        names = {*registry.addresses(), *registry.addresses().values()}
+        raise NotFound(
+            f"no node {needle!r} in the registry{did_you_mean(needle, names)}",
+            details={"node": needle, "matches": registry.matches(needle)},
+        )
     views = [p for p in app[keys.REGISTRY].peers() if p.node_id == record.node_id]
     return web.json_response(unstructure(views[0]))
 
