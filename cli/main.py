@@ -3,10 +3,11 @@ and pick the exit code (0 healthy, 1 error, 2 usage, 3 degraded, 4 unreachable).
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -22,7 +23,6 @@ from .context import (
     change_options,
     confirm,
     emit_json,
-    fail_json,
     json_on_error,
     json_option,
     pass_ctx,
@@ -269,26 +269,26 @@ def remove(ctx: CliContext, node: str, dry_run: bool, yes: bool, as_json: bool) 
     --dry-run to only show it. An unknown NODE is exit 1 with the closest known name."""
     from urllib.parse import quote
 
-    path = f"/api/cluster/peers/{quote(node, safe='')}"
-    preview = run_async(ctx.client.admin("GET", path))
-    if preview.status == 200 and isinstance(preview.body, dict):
-        peer = preview.body
+    # The preview comes from the status any sidecar serves (every backend has one).
+    nodes = run_async(get_status(ctx.client))["nodes"]
+    found = matching_nodes(nodes, node)
+    if len(found) == 1:
+        peer = found[0]
         agents = ", ".join(a["id"] for a in peer.get("agents", [])) or "no agents"
-        question = f"Remove node {peer['node_id']} ({peer['url']}, {peer['state']}, {agents})?"
+        what = f"{peer['node_id']} ({peer['url']}, {peer['state']}, {agents})"
         if dry_run:
             if as_json:
                 emit_json({"dry_run": True, "would_remove": peer})
             else:
-                click.echo(
-                    f"would remove {peer['node_id']} ({peer['url']}, {peer['state']}, "
-                    f"{agents}); nothing changed (--dry-run)"
-                )
+                click.echo(f"would remove {what}; nothing changed (--dry-run)")
             return
-        confirm(question, yes)
+        confirm(f"Remove node {what}?", yes)
     elif dry_run:
-        # Not in the registry: unknown (404 with a suggestion) or removed before.
-        fail_json(preview, as_json)
+        fail_unknown_node(node, nodes, as_json)
+    path = f"/api/cluster/peers/{quote(node, safe='')}"
     body = expect_ok(json_on_error(run_async(ctx.client.admin("DELETE", path)), as_json))
+    if body.get("known") is False:  # the etcd backend answers 200 for an unknown node
+        fail_unknown_node(node, nodes, as_json)
     if as_json:
         emit_json(body)
         return
@@ -298,6 +298,31 @@ def remove(ctx: CliContext, node: str, dry_run: bool, yes: bool, as_json: bool) 
             click.echo(f"warning: {body['warning']}", err=True)
     else:
         click.echo(f"{node}: removed before; nothing to do.")
+
+
+def matching_nodes(nodes: list[dict[str, Any]], needle: str) -> list[dict[str, Any]]:
+    """Nodes a `remove` argument names: a node id, a URL, HOST:PORT or a bare host."""
+    exact = [n for n in nodes if n["node_id"] == needle]
+    if exact:
+        return exact
+    bare = needle.split("://", 1)[-1].rstrip("/")
+    found = []
+    for candidate in nodes:
+        host_port = str(candidate.get("url", "")).split("://", 1)[-1].rstrip("/")
+        if bare in (host_port, host_port.rsplit(":", 1)[0]):
+            found.append(candidate)
+    return found
+
+
+def fail_unknown_node(needle: str, nodes: list[dict[str, Any]], as_json: bool) -> NoReturn:
+    names = sorted({n["node_id"] for n in nodes})
+    close = difflib.get_close_matches(needle, names, n=1, cutoff=0.6)
+    message = f"no node {needle!r} in the cluster" + (
+        f"; did you mean {close[0]!r}?" if close else ""
+    )
+    if as_json:
+        emit_json({"error": message, "code": "not_found", "exit_code": 1})
+    raise CliError(message)
 
 
 @cli.command()

@@ -18,6 +18,7 @@ from sidecar.membership.failsafe import failsafe_ctx
 from sidecar.membership.heartbeat import heartbeat_ctx
 from sidecar.membership.identity import NodeIdentity, default_node_id
 from sidecar.membership.peers import PeerClient
+from sidecar.membership.refusals import REFUSALS, HeartbeatRefusals
 from sidecar.membership.view import Membership
 from sidecar.membership.watcher import watcher_ctx
 from sidecar.memory.handoff import handoff_ctx
@@ -92,6 +93,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app[keys.AUTH] = AuthState(settings)
     app[keys.AUTH].load()
     app[keys.CLOCK] = clock or SystemClock()
+    app[REFUSALS] = HeartbeatRefusals(app[keys.CLOCK])
     app[keys.REGISTRY] = Registry(
         ttl=settings.ttl, reap_after=settings.reap_after, clock=app[keys.CLOCK]
     )

@@ -402,6 +402,11 @@ def cluster_problems(status: Mapping[str, Any]) -> list[str]:
         problems.append(f"etcd does not answer ({etcd.get('error')}): routing from the last view")
     elif view.get("stale"):
         problems.append(f"routing table is {view.get('age_s')}s old: no coordinator answers")
+    for refusal in status.get("refused_heartbeats") or []:
+        problems.append(
+            f"heartbeats from {refusal['sender']} refused ({refusal['reason']}) "
+            f"{refusal['count']} time(s), last {refusal['last_age_s']}s ago: {refusal['error']}"
+        )
     for collision in status.get("collisions", []):
         problems.append(
             f"agent {collision['agent_id']} is claimed by {', '.join(collision['claimants'])}; "

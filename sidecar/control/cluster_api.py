@@ -20,6 +20,7 @@ from sidecar.membership.coordinator import (
     require_coordinator,
 )
 from sidecar.membership.peers import HOP_HEADER
+from sidecar.membership.refusals import REFUSALS
 from sidecar.security.auth import require_sender
 from signet_cluster.converter import structure, structure_json, unstructure
 from signet_cluster.errors import (
@@ -48,6 +49,8 @@ def did_you_mean(needle: str, names: set[str]) -> str:
 @routes.post("/api/cluster/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     received = request.app[keys.METRICS].heartbeats_received
+    refusals = request.app[REFUSALS]
+    message: Heartbeat | None = None
     try:
         message = structure_json(await request.read(), Heartbeat)
         # A node may only describe itself (and so only claim agents for itself).
@@ -55,7 +58,16 @@ async def heartbeat(request: web.Request) -> web.Response:
         reply = accept_heartbeat(request.app, message)
     except ClusterError as exc:
         received.labels(outcome=exc.code).inc()
+        # A removed node is refused once and stops: that is the removal working.
+        if exc.code != "removed":
+            sender = (
+                f"{message.node_id} ({message.url})" if message is not None else str(request.remote)
+            )
+            if refusals.record(sender, exc.code, exc.message):
+                log.warning("heartbeat_refused", sender=sender, code=exc.code, error=exc.message)
         raise
+    if refusals.entries:
+        refusals.forget_sender(f"{message.node_id} ({message.url})", message.node_id)
     received.labels(outcome="accepted").inc()
     accepts = request.headers.get("Accept-Encoding", "")
     body, encoding = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
@@ -140,6 +152,7 @@ def local_status(app: web.Application) -> dict[str, Any]:
             collisions=unstructure(collisions),
             coordinators=list(coordinator_urls(app)),
             ttl_s=registry.ttl,
+            refused_heartbeats=app[REFUSALS].summary(),
         )
         return body
     view = membership.latest()
