@@ -14,7 +14,15 @@ import click
 from signet_cluster import __version__
 from signet_cluster.errors import ConfigError
 from signet_cluster.logconfig import configure_logging
-from signet_cluster.settings import DEFAULT_PORT, FIELDS, describe, env_name, load_settings
+from signet_cluster.settings import (
+    DEFAULT_PORT,
+    FIELDS,
+    collect_settings,
+    effective,
+    env_name,
+    load_settings,
+    toml_value,
+)
 
 from .client import EXIT_DEGRADED, CliError, expect_ok, get_status, run_async
 from .context import (
@@ -182,20 +190,54 @@ def serve(config_file: Path | None, **flags: Any) -> None:
 @settings_options
 @json_option
 def check_config(config_file: Path | None, as_json: bool, **flags: Any) -> None:
-    """Validate settings (defaults < TOML < env < flags) and print the result."""
+    """Validate settings (defaults < TOML < env < flags): every problem at once, else each
+    setting as TOML with its effective value and where it came from (default, file, env,
+    flag). Exit 1 when anything is wrong; --json prints a document either way."""
+    from sidecar.membership.identity import default_node_id
+
     from .keyring_cmds import key_summary
 
-    settings = _settings_from(config_file, flags)
-    values = describe(settings)
-    keys_line = key_summary(settings.secret_file, settings.keyring_file)  # ids only
+    checked = collect_settings(
+        config_file=config_file, overrides={k: v for k, v in flags.items() if v is not None}
+    )
+    settings, problems = checked.settings, list(checked.problems)
+    keys_line = None
+    try:
+        keys_line = key_summary(settings.secret_file, settings.keyring_file)  # ids only
+    except CliError as exc:
+        problems += [line.strip(" -") for line in exc.message.splitlines()[1:]]
+    values = effective(settings)
+    if settings.node_id is None:
+        values["node_id"] = default_node_id()
+    notes = {
+        name: "unset: "
+        + ("the host name, unless the state DB holds an id" if name == "node_id" else "derived")
+        for name in ("node_id", "advertise_url", "workspace", "state_dir", "peer_ttl")
+        if getattr(settings, name) is None
+    }
     if as_json:
-        emit_json(values)
+        emit_json(
+            {
+                **values,
+                "ok": not problems,
+                "problems": problems,
+                "sources": {name: notes.get(name, checked.sources[name]) for name in FIELDS},
+            }
+        )
+        if problems:
+            sys.exit(1)
         return
+    if problems:
+        raise CliError("invalid configuration:\n  - " + "\n  - ".join(problems))
     for name, value in values.items():
-        click.echo(f"{name} = {value!r}    ({env_name(name)})")
+        source = notes.get(name, checked.sources[name])
+        if value is None:
+            click.echo(f"# {name} is not set    # {env_name(name)}")
+        else:
+            click.echo(f"{name} = {toml_value(value)}    # {source}; {env_name(name)}")
     if keys_line:
-        click.echo(keys_line)
-    click.echo(f"ok: {len(FIELDS)} settings valid")
+        click.echo(f"# {keys_line}")
+    click.echo(f"# ok: {len(FIELDS)} settings valid")
 
 
 # -- cluster commands -------------------------------------------------------------------

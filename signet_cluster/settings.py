@@ -3,7 +3,9 @@ validated once with every problem listed (`signet-cluster check-config`)."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -341,7 +343,9 @@ def _flatten_toml(data: Mapping[str, Any], problems: list[str], source: str) -> 
             flat[key.replace("-", "_")] = value
     for key in list(flat):
         if key not in FIELDS:
-            problems.append(f"{source}: unknown setting {key!r}")
+            close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{source}: unknown setting {key!r}{hint}")
             del flat[key]
     return flat
 
@@ -365,9 +369,31 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge the layers and validate. Raises ConfigError listing every problem."""
+    checked = collect_settings(config_file, env, overrides)
+    if checked.problems:
+        raise ConfigError(checked.problems)
+    return checked.settings
+
+
+@attrs.frozen(kw_only=True)
+class CheckedSettings:
+    """Every layer merged: the settings from the values that parsed, every problem (one
+    round), and where each setting came from (default, file, env, flag)."""
+
+    settings: Settings
+    problems: list[str]
+    sources: dict[str, str]
+
+
+def collect_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> CheckedSettings:
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
+    sources = dict.fromkeys(FIELDS, "default")
 
     if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
         config_file = Path(env[ENV_PREFIX + "CONFIG"])
@@ -378,6 +404,7 @@ def load_settings(
                 problems.append(f"{config_file}: {problem}")
             else:
                 values[name] = value
+                sources[name] = f"file {config_file}"
     for name in FIELDS:
         if env_name(name) in env:
             value, problem = _coerce(name, env[env_name(name)], from_text=True)
@@ -385,6 +412,7 @@ def load_settings(
                 problems.append(f"{env_name(name)}: {problem}")
             else:
                 values[name] = value
+                sources[name] = f"env {env_name(name)}"
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
@@ -396,13 +424,12 @@ def load_settings(
             problems.append(problem)
         else:
             values[name] = value
+            sources[name] = "flag --" + name.replace("_", "-")
     # One round: the values that parsed are validated too, so every problem is listed at
     # once (not some only after the others are fixed).
     settings = Settings(**values)
     problems += validate(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    return CheckedSettings(settings=settings, problems=problems, sources=sources)
 
 
 _URL = re.compile(r"^https?://[^\s/]+(:\d+)?/?$")
@@ -536,3 +563,27 @@ def _registry_problems(settings: Settings) -> list[str]:
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings as plain data for `check-config` (no secrets are ever included)."""
     return {name: getattr(settings, name) for name in FIELDS}
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """Each setting as the sidecar will use it: an unset one shows what it falls back to
+    (node_id is left to the caller: it depends on the state DB and the host name)."""
+    values = describe(settings)
+    values.update(
+        advertise_url=settings.url,
+        workspace=str(settings.workspace_path),
+        state_dir=str(settings.state_path),
+        peer_ttl=settings.ttl,
+    )
+    return values
+
+
+def toml_value(value: Any) -> str:
+    """A value written as TOML (strings as basic strings: JSON's escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
