@@ -35,7 +35,7 @@ from .context import (
     json_option,
     pass_ctx,
 )
-from .render import render_status, status_problems
+from .render import render_status, screen_width, status_problems, use_colour
 from .status_watch import check_watch_options, watch_options, watch_status
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -266,7 +266,7 @@ def status(ctx: CliContext, as_json: bool, watch: bool, interval: float, count: 
     if as_json:
         emit_json({**body, "problems": problems, "exit_code": code})
     else:
-        click.echo(render_status(body))
+        click.echo(render_status(body, width=screen_width(), colour=use_colour()))
     if code:
         sys.exit(code)
 
