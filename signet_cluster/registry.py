@@ -225,6 +225,12 @@ class Registry:
 
     def _view(self, record: PeerRecord, now: float) -> PeerView:
         hb = record.heartbeat
+        daemon = hb.daemon if hb else DaemonInfo(flavor="unknown", healthy=False)
+        if hb is not None and record.state != "alive" and daemon.healthy:
+            # Its daemon's last report is stale once the node is down: never vouch for it.
+            daemon = attrs.evolve(
+                daemon, healthy=False, error="node is down: its daemon's health is unknown"
+            )
         return PeerView(
             node_id=record.node_id,
             url=record.url,
@@ -234,7 +240,7 @@ class Registry:
             protocol=record.protocol,
             sidecar_version=hb.sidecar_version if hb else None,
             instance_id=hb.instance_id if hb else None,
-            daemon=hb.daemon if hb else DaemonInfo(flavor="unknown", healthy=False),
+            daemon=daemon,
             agents=hb.agents if hb else (),
             last_seen_age_s=round(now - record.last_seen, 3)
             if record.last_seen is not None
