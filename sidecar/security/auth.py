@@ -254,6 +254,7 @@ def _refused(
     """Count, log and answer one refused request (never a secret in the log)."""
     app = request.app
     app[AUTH].refused += 1
+    app[METRICS].requests_refused.labels(reason=reason).inc()
     fresh = True
     if request.path == HEARTBEAT_PATH:
         # Refused before the handler runs, so counted here (README: Metrics).
