@@ -14,6 +14,7 @@ from sidecar.etcd.backend import etcd_ctx
 from sidecar.federation import contribute
 from sidecar.membership import admin_sync
 from sidecar.membership.coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
+from sidecar.membership.events import RECENT_EVENTS, RecentEvents
 from sidecar.membership.failsafe import failsafe_ctx
 from sidecar.membership.heartbeat import heartbeat_ctx
 from sidecar.membership.identity import NodeIdentity, default_node_id
@@ -94,6 +95,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app[keys.AUTH].load()
     app[keys.CLOCK] = clock or SystemClock()
     app[REFUSALS] = HeartbeatRefusals(app[keys.CLOCK])
+    app[RECENT_EVENTS] = RecentEvents(app[keys.CLOCK])
     app[keys.REGISTRY] = Registry(
         ttl=settings.ttl, reap_after=settings.reap_after, clock=app[keys.CLOCK]
     )

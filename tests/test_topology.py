@@ -6,6 +6,7 @@ import re
 from importlib import resources
 
 from sidecar.ops.topology import topology
+from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster
 
@@ -44,6 +45,7 @@ async def test_topology_document_from_any_node(cluster: Cluster) -> None:
         "policy_group": "ops",
         "collision": False,
         "owner": True,
+        "routable": True,
     }
     assert doc["groups"] == {"ops": [{"agent_id": "carol", "node_id": "b"}]}
     assert [c["agent_id"] for c in doc["collisions"]] == ["alice"]
@@ -94,3 +96,32 @@ def test_node_spool_is_shown_with_the_age_of_its_oldest_write() -> None:
         "b": None,
     }
     assert doc["problems"] == ["node b is down"]
+
+
+async def test_the_first_paint_is_rendered_by_the_sidecar(cluster: Cluster) -> None:
+    """/cluster arrives with the cluster in it (no JavaScript needed): problems first, a
+    card per node with its membership badge, a down node's agents marked not routable,
+    and recent events (the node that went down)."""
+    clock = ManualClock()
+    a = await cluster.add("a", ALICE, coordinator=True, clock=clock)
+    c = await cluster.add(
+        "c", [{"name": "carol", "memory": {"read_policy": "shared"}}], coordinators=(a.url,)
+    )
+    await cluster.wait_states(a, {"c": "alive"})
+    await cluster.stop_sidecar(c)
+    assert a.settings is not None
+    clock.advance(a.settings.ttl + 0.5)
+    await cluster.wait_states(a, {"c": "down"})
+    assert cluster.session is not None
+    async with cluster.session.get(a.url + "/cluster") as resp:
+        html = await resp.text()
+    assert "{{" not in html
+    assert html.index('id="problems"') < html.index('id="nodes"')
+    assert "node c is down" in html
+    assert 'data-node-id="a"' in html and 'data-node-id="c"' in html
+    assert "discovered</span>" in html
+    carol = re.search(r'<span [^>]*data-agent="carol"[^>]*>', html)
+    assert carol is not None and 'data-routable="no"' in carol.group(0)
+    alice = re.search(r'<span [^>]*data-agent="alice"[^>]*>', html)
+    assert alice is not None and "data-routable" not in alice.group(0)
+    assert "c went down" in html

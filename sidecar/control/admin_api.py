@@ -13,6 +13,7 @@ from sidecar.etcd.admin import NotWithEtcd, refuse_with_etcd, remove_node, set_a
 from sidecar.etcd.backend import ETCD
 from sidecar.membership.admin_sync import pull, record_decision
 from sidecar.membership.coordinator import COORDINATOR, coordinator_urls, require_coordinator
+from sidecar.membership.events import RECENT_EVENTS
 from signet_cluster.admin import AdminState, Adoption, NodeDecision, ownership
 from signet_cluster.converter import structure, unstructure
 from signet_cluster.errors import (
@@ -163,6 +164,7 @@ async def remove(request: web.Request) -> web.Response:
     # under a new id, or a replacement host) refuses it and keeps heartbeating.
     told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app), node_id=node_id))
     log.warning("peer_removed", node_id=node_id, url=url, told=told is None, error=told)
+    app[RECENT_EVENTS].record("removed", f"{node_id} ({url}) removed by an operator", node_id)
     return web.json_response(
         {
             "node": needle,

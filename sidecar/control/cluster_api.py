@@ -19,6 +19,7 @@ from sidecar.membership.coordinator import (
     registry_tag,
     require_coordinator,
 )
+from sidecar.membership.events import RECENT_EVENTS
 from sidecar.membership.peers import HOP_HEADER
 from sidecar.membership.refusals import REFUSALS
 from sidecar.security.auth import require_sender
@@ -153,6 +154,7 @@ def local_status(app: web.Application) -> dict[str, Any]:
             coordinators=list(coordinator_urls(app)),
             ttl_s=registry.ttl,
             refused_heartbeats=app[REFUSALS].summary(),
+            events=app[RECENT_EVENTS].recent(),
         )
         return body
     view = membership.latest()

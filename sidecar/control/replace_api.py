@@ -17,6 +17,7 @@ from sidecar.control.cluster_api import did_you_mean
 from sidecar.etcd.admin import refuse_with_etcd
 from sidecar.membership.admin_sync import record_decision
 from sidecar.membership.coordinator import COORDINATOR, coordinator_urls, require_coordinator
+from sidecar.membership.events import RECENT_EVENTS
 from signet_cluster.admin import AdminState, Adoption, NodeDecision
 from signet_cluster.converter import structure
 from signet_cluster.errors import NotFound, ValidationFailed
@@ -78,6 +79,9 @@ async def replace(request: web.Request) -> web.Response:
         plan["warning"] = await tell(
             app, new.url, CoordinatorsUpdate(add=coordinator_urls(app), node_id=body.new)
         )
+    app[RECENT_EVENTS].record(
+        "replaced", f"{body.new} replaced {body.old} (at {new.url})", body.new
+    )
     log.warning(
         "node_replaced",
         old=body.old,

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from sidecar import keys
+from sidecar.membership.events import RECENT_EVENTS
 from sidecar.membership.view import ClusterView
 from signet_cluster.converter import unstructure
 from signet_cluster.errors import Gone, NodeIdInUse, NotCoordinator, ProtocolMismatch
@@ -150,7 +151,7 @@ def accept_heartbeat(app: web.Application, heartbeat: Heartbeat) -> HeartbeatRep
     events = registry.apply_heartbeat(heartbeat, protocol)
     app[keys.METRICS].observe_events(events)
     for event in events:
-        _log_event(event)
+        _log_event(app, event)
     reply = full_reply(app, protocol)
     if heartbeat.known_registry == reply.registry:
         reply = HeartbeatReply(
@@ -190,6 +191,11 @@ def log_new_collisions(app: web.Application) -> None:
     state = app[COORDINATOR]
     current = frozenset(app[keys.REGISTRY].routing()[1])
     for collision in sorted(current - state.collisions, key=lambda c: c.agent_id):
+        app[RECENT_EVENTS].record(
+            "collision",
+            f"agent {collision.agent_id} claimed by {', '.join(collision.claimants)}; "
+            f"owner {collision.winner} ({collision.rule})",
+        )
         log.warning(
             "agent_collision",
             agent_id=collision.agent_id,
@@ -205,15 +211,24 @@ def local_view(app: web.Application) -> ClusterView:
     return ClusterView.from_reply(app[keys.IDENTITY].url, reply, app[keys.CLOCK].monotonic())
 
 
-def _log_event(event: RegistryEvent) -> None:
+def _log_event(app: web.Application, event: RegistryEvent) -> None:
+    recent = app[RECENT_EVENTS]
     if event.kind == "went_down":
         log.warning("peer_expired", node_id=event.node_id, age_s=round(event.age_s or 0, 3))
+        recent.record(
+            "down",
+            f"{event.node_id} went down (silent {event.age_s or 0:.1f}s)",
+            event.node_id,
+        )
     elif event.kind == "reaped":
         log.info("peer_reaped", node_id=event.node_id)
+        recent.record("reaped", f"{event.node_id} forgotten after a long silence", event.node_id)
     elif event.kind == "joined_cluster":
         log.info("peer_discovered", node_id=event.node_id)
+        recent.record("discovered", f"{event.node_id} heartbeats here", event.node_id)
     elif event.kind == "came_back":
         log.info("peer_back", node_id=event.node_id)
+        recent.record("back", f"{event.node_id} came back", event.node_id)
     elif event.kind == "roster_changed":
         log.info("peer_roster_changed", node_id=event.node_id)
 
@@ -258,7 +273,7 @@ async def expiry_loop(app: web.Application) -> None:
         events = registry.expire()
         app[keys.METRICS].observe_events(events)
         for event in events:
-            _log_event(event)
+            _log_event(app, event)
         if app[keys.IDENTITY].coordinator and time.monotonic() - saved_at >= SEEN_SAVE_EVERY_S:
             if saved is None:
                 await restore_seen(app)
