@@ -3,6 +3,7 @@ would miss, worked out (signet_cluster.explain) from the status any sidecar serv
 
 from __future__ import annotations
 
+import difflib
 import sys
 
 import click
@@ -40,6 +41,10 @@ def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
     else:
         click.echo(render_explanation(unstructure(result)))
     if not result.known:
+        names = sorted({a["id"] for n in body.get("nodes", []) for a in n.get("agents", [])})
+        close = difflib.get_close_matches(agent, names, n=1, cutoff=0.6)
+        if close:
+            click.echo(f"{agent}: no node reports it; did you mean {close[0]!r}?", err=True)
         sys.exit(EXIT_ERROR)
     if result.misses:
         sys.exit(EXIT_DEGRADED)

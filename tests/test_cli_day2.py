@@ -94,6 +94,8 @@ async def test_resolve_of_an_unknown_agent_is_an_error_with_a_suggestion(
     assert code == 1 and body["known"] is False and body["suggestion"] == "bob"
     code, _, err = await run_cli("--sidecar", a.url, "resolve", "bob")
     assert code == 0, err
+    code, _, err = await run_cli("--sidecar", a.url, "explain", "bobb")
+    assert code == 1 and "did you mean 'bob'" in err, err
 
 
 async def test_status_json_carries_problems_and_the_exit_code(cluster: Cluster) -> None:

@@ -91,3 +91,15 @@ def test_journald_gets_a_priority_prefix_per_line(
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert not logconfig.stderr_is_journal()
+
+
+async def test_sighup_says_what_it_reloaded(cluster: Cluster) -> None:
+    """SIGHUP logs what is loaded after it (key ids, certificate files), changed or not."""
+    from sidecar.runner import reload_on_sighup
+
+    a = await cluster.add("a", [])
+    with capture_logs() as logs:
+        reload_on_sighup(a.app)
+    (event,) = [e for e in logs if e["event"] == "sighup_reloaded"]
+    assert event["keyring"]["primary"] == cluster.keyring.primary
+    assert event["reloaded"] == ["keyring", "tls"] and "restart" in event["not_reloaded"]
