@@ -30,7 +30,12 @@ def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
     unhealthy, collision, a node it reads from down, stale routing table), 1 when no node
     reports the agent, 4 when the sidecar cannot be reached.
     """
-    body = run_async(get_status(ctx.client))
+    try:
+        body = run_async(get_status(ctx.client))
+    except CliError as exc:
+        if as_json:  # scripts read stdout: the error is JSON there too
+            emit_json({"error": exc.message, "exit_code": exc.exit_code})
+        raise
     try:
         picture = ClusterPicture.from_status(body)
     except ClusterError as exc:

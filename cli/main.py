@@ -283,7 +283,12 @@ def status(ctx: CliContext, as_json: bool, watch: bool, interval: float, count: 
 @pass_ctx
 def join(ctx: CliContext, address: str, wait: bool, as_json: bool) -> None:
     """Add the sidecar at ADDRESS (HOST:PORT) to the cluster. Idempotent."""
-    body = expect_ok(run_async(ctx.client.admin("POST", "/api/cluster/join", {"address": address})))
+    body = expect_ok(
+        json_on_error(
+            run_async(ctx.client.admin("POST", "/api/cluster/join", {"address": address})),
+            as_json,
+        )
+    )
     if wait:
         from .progress import wait_until_alive
 

@@ -84,4 +84,6 @@ async def test_every_json_output_matches_the_schema(cluster: Cluster) -> None:
     check("remove", await json_out(*s, "remove", "c", "--yes"))
     check("error", await json_out(*s, "remove", "cc", "--yes", expect=1))
     check("error", await json_out("--sidecar", "http://127.0.0.1:1", "status", expect=4))
+    check("error", await json_out("--sidecar", "http://127.0.0.1:1", "explain", "x", expect=4))
+    check("error", await json_out(*s, "join", "127.0.0.1:1", expect=1))
     check("check_config", await json_out("check-config"))
