@@ -124,7 +124,9 @@ def _spool_lines(nodes: list[dict[str, Any]], now: float) -> list[str]:
         if depth:
             oldest = spool.get("oldest_at")
             age = f", oldest {max(0.0, now - oldest):.0f}s old" if oldest else ""
-            parts.append(f"{depth} write(s) waiting for their owner{age}")
+            owners = spool.get("owners") or []
+            whom = f" ({', '.join(owners)})" if owners else ""
+            parts.append(f"{depth} write(s) waiting for their owner{whom}{age}")
         if dead:
             parts.append(
                 f"{dead} refused by their owner for good (`spooled_write_refused` in its log)"

@@ -111,6 +111,8 @@ class SpoolSummary:
     bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     oldest_at: float | None = None
     dead_letters: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    # The owner node ids the waiting writes are for (older sidecars do not send it).
+    owners: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from sidecar.ops.topology import topology
+from sidecar.ops.topology import spool_text, topology
 from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster
@@ -92,7 +92,7 @@ def test_node_spool_is_shown_with_the_age_of_its_oldest_write() -> None:
     doc = topology(status, refresh_s=1.0, generated_at=1000.0)
     spools = {n["node_id"]: n["spool"] for n in doc["nodes"]}
     assert spools == {
-        "a": {"depth": 2, "bytes": 300, "dead_letters": 1, "oldest_age_s": 10.0},
+        "a": {"depth": 2, "bytes": 300, "dead_letters": 1, "oldest_age_s": 10.0, "owners": []},
         "b": None,
     }
     assert doc["problems"] == ["node b is down"]
@@ -126,3 +126,9 @@ async def test_the_first_paint_is_rendered_by_the_sidecar(cluster: Cluster) -> N
     alice = re.search(r'<span [^>]*data-agent="alice"[^>]*>', html)
     assert alice is not None and "data-routable" not in alice.group(0)
     assert "c went down" in html
+
+
+def test_the_spool_says_which_owners_it_waits_for() -> None:
+    """The page's spool line names the owner nodes the waiting writes are for."""
+    spool = {"depth": 3, "bytes": 10, "dead_letters": 0, "oldest_age_s": 5.0, "owners": ["b", "c"]}
+    assert spool_text(spool) == "3 waiting for b, c, oldest 5 s"

@@ -116,6 +116,7 @@ def _node_spool(spool: Any, now: float) -> dict[str, Any] | None:
         "bytes": spool.get("bytes", 0),
         "dead_letters": spool.get("dead_letters", 0),
         "oldest_age_s": round(max(0.0, now - oldest), 1) if oldest else None,
+        "owners": list(spool.get("owners") or []),
     }
 
 
@@ -191,7 +192,9 @@ def spool_text(spool: Mapping[str, Any] | None) -> str:
     age = ""
     if oldest is not None:
         age = f", oldest {oldest:.0f} s" if oldest < 60 else f", oldest {round(oldest / 60)} min"
-    return f"{spool['depth']} waiting{age}" + (f" · {dead} dead letters" if dead else "")
+    owners = spool.get("owners") or []
+    target = f" for {', '.join(owners)}" if owners else ""
+    return f"{spool['depth']} waiting{target}{age}" + (f" · {dead} dead letters" if dead else "")
 
 
 def _chip(agent: Mapping[str, Any]) -> str:

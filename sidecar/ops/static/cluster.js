@@ -66,7 +66,8 @@
     if (!spool.depth) return spool.dead_letters ? `empty · ${spool.dead_letters} dead letters` : "empty";
     const age = spool.oldest_age_s === null || spool.oldest_age_s === undefined ? "" : `, oldest ${spoolAge(spool.oldest_age_s)}`;
     const dead = spool.dead_letters ? ` · ${spool.dead_letters} dead letters` : "";
-    return `${spool.depth} waiting${age}${dead}`;
+    const owners = spool.owners && spool.owners.length ? ` for ${spool.owners.join(", ")}` : "";
+    return `${spool.depth} waiting${owners}${age}${dead}`;
   }
 
   function spoolAge(seconds) {
