@@ -7,8 +7,17 @@ from typing import Any
 
 import click
 
-from .client import expect_ok, run_async
-from .context import CliContext, emit_json, json_option, pass_ctx
+from .client import Answer, error_text, expect_ok, run_async
+from .context import (
+    CliContext,
+    change_options,
+    confirm,
+    emit_json,
+    fail_json,
+    json_on_error,
+    json_option,
+    pass_ctx,
+)
 
 
 def _owner_now(answer: dict[str, Any]) -> str:
@@ -23,37 +32,111 @@ def _owner_now(answer: dict[str, Any]) -> str:
 @click.argument("agent")
 @click.argument("node", required=False)
 @click.option("--clear", is_flag=True, help="Drop the override; the automatic rule decides again.")
+@change_options
 @json_option
 @pass_ctx
-def adopt(ctx: CliContext, agent: str, node: str | None, clear: bool, as_json: bool) -> None:
+def adopt(
+    ctx: CliContext,
+    agent: str,
+    node: str | None,
+    clear: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
     """Make NODE the owner of AGENT when several nodes claim it (persisted on every
-    coordinator). Without an override the earliest-created claim wins, then the smaller node id."""
+    coordinator). Without an override the earliest-created claim wins, then the smaller node id.
+
+    Says when the new owner's roster gives AGENT another read policy (what it may read
+    cluster-wide changes with it). Shows the change and asks first on a terminal; --yes for
+    scripts, --dry-run to only show it."""
     if clear == (node is not None):
         raise click.UsageError("give either NODE or --clear")
+    request = {"agent_id": agent, "node_id": node}
+    client = ctx.client
+    preview_answer = run_async(client.admin("POST", "/api/cluster/adopt/preview", request))
+    preview: dict[str, Any] | None = None
+    if preview_answer.status == 200 and isinstance(preview_answer.body, dict):
+        preview = preview_answer.body
+    elif dry_run or not _no_preview(preview_answer):
+        fail_json(preview_answer, as_json)
+    if dry_run and preview is not None:
+        if as_json:
+            emit_json(preview)
+        else:
+            click.echo(f"would do: {_change_text(agent, preview)}; nothing changed (--dry-run)")
+        return
+    what = _change_text(agent, preview) if preview is not None else f"{agent}: owner {node}"
+    confirm(f"{what}. Go ahead?", yes)
     body = expect_ok(
-        run_async(
-            ctx.client.admin("POST", "/api/cluster/adopt", {"agent_id": agent, "node_id": node})
-        )
+        json_on_error(run_async(client.admin("POST", "/api/cluster/adopt", request)), as_json)
     )
     if as_json:
         emit_json(body)
-    elif node is None:
+        return
+    if node is None:
         click.echo(f"{agent}: override cleared; {_owner_now(body)}.")
     else:
         click.echo(
             f"{agent}: owned by {node} cluster-wide (claimed by {', '.join(body['claimants'])})."
         )
+    if body.get("policy_changed"):
+        click.echo(
+            f"warning: {agent}'s effective read policy changed from {body['policy_before']} "
+            f"to {body['policy']} (the owner's roster decides)",
+            err=True,
+        )
+
+
+def _no_preview(answer: Answer) -> bool:
+    """An older sidecar (no preview route) or the etcd backend: confirm without a preview."""
+    code = answer.body.get("code") if isinstance(answer.body, dict) else None
+    return code == "registry_backend_etcd" or (
+        answer.status == 404 and "no such cluster API route" in error_text(answer)
+    )
+
+
+def _change_text(agent: str, preview: dict[str, Any]) -> str:
+    text = f"{agent}: owner {preview.get('owner_before') or 'none'} -> {preview.get('owner') or 'none'}"
+    if preview.get("policy_changed"):
+        text += f"; its read policy changes from {preview['policy_before']} to {preview['policy']}"
+    return text
 
 
 @click.command()
 @click.option("--demote", is_flag=True, help="Stop being a coordinator instead.")
+@change_options
 @json_option
 @pass_ctx
-def promote(ctx: CliContext, demote: bool, as_json: bool) -> None:
+def promote(ctx: CliContext, demote: bool, dry_run: bool, yes: bool, as_json: bool) -> None:
     """Make the sidecar given by --sidecar a coordinator now (kept across restarts). Members
-    learn the new coordinator from their next heartbeat reply."""
+    learn the new coordinator from their next heartbeat reply. --demote asks first on a
+    terminal (--yes for scripts; --dry-run only names the sidecar)."""
+    client = ctx.client
+    if demote or dry_run:
+        info = expect_ok(json_on_error(run_async(client.call("GET", "/api/cluster/info")), as_json))
+        role = "a coordinator" if info.get("coordinator") else "not a coordinator"
+        change = "stop being a coordinator" if demote else "become a coordinator"
+        question = f"{info['node_id']} ({info['url']}) is {role} now; {change}?"
+        if dry_run:
+            if as_json:
+                emit_json(
+                    {
+                        "dry_run": True,
+                        "node_id": info["node_id"],
+                        "coordinator": info.get("coordinator"),
+                        "to": not demote,
+                    }
+                )
+            else:
+                click.echo(f"would: {question.rstrip('?')}; nothing changed (--dry-run)")
+            return
+        confirm(question, yes)
     body = expect_ok(
-        run_async(ctx.client.call("POST", "/api/cluster/promote", {"coordinator": not demote}))
+        json_on_error(
+            run_async(client.call("POST", "/api/cluster/promote", {"coordinator": not demote})),
+            as_json,
+        )
     )
     if as_json:
         emit_json(body)

@@ -3,6 +3,7 @@ would miss, worked out (signet_cluster.explain) from the status any sidecar serv
 
 from __future__ import annotations
 
+import difflib
 import sys
 
 import click
@@ -29,7 +30,12 @@ def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
     unhealthy, collision, a node it reads from down, stale routing table), 1 when no node
     reports the agent, 4 when the sidecar cannot be reached.
     """
-    body = run_async(get_status(ctx.client))
+    try:
+        body = run_async(get_status(ctx.client))
+    except CliError as exc:
+        if as_json:  # scripts read stdout: the error is JSON there too
+            emit_json({"error": exc.message, "exit_code": exc.exit_code})
+        raise
     try:
         picture = ClusterPicture.from_status(body)
     except ClusterError as exc:
@@ -40,6 +46,10 @@ def explain_cmd(ctx: CliContext, agent: str, as_json: bool) -> None:
     else:
         click.echo(render_explanation(unstructure(result)))
     if not result.known:
+        names = sorted({a["id"] for n in body.get("nodes", []) for a in n.get("agents", [])})
+        close = difflib.get_close_matches(agent, names, n=1, cutoff=0.6)
+        if close:
+            click.echo(f"{agent}: no node reports it; did you mean {close[0]!r}?", err=True)
         sys.exit(EXIT_ERROR)
     if result.misses:
         sys.exit(EXIT_DEGRADED)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
+
+import click
 
 from signet_cluster.explain import cluster_problems
 
@@ -11,15 +16,68 @@ from signet_cluster.explain import cluster_problems
 status_problems = cluster_problems
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
+# Status rows are kept within this many columns (a terminal reports its own width).
+STATUS_WIDTH = 100
+GREEN, RED, YELLOW = "green", "red", "yellow"
+
+
+def use_colour(stream: TextIO | None = None) -> bool:
+    """Colour on a terminal only, and never when NO_COLOR is set (no-color.org) or the
+    terminal is dumb."""
+    stream = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return stream.isatty()
+
+
+def screen_width() -> int:
+    """The terminal's width on a terminal, else STATUS_WIDTH (pipes and files)."""
+    if sys.stdout.isatty():
+        return max(60, shutil.get_terminal_size((STATUS_WIDTH, 24)).columns)
+    return STATUS_WIDTH
+
+
+def paint(text: str, colour: str | None, enabled: bool) -> str:
+    return click.style(text, fg=colour) if enabled and colour else text
+
+
+def table(
+    headers: list[str],
+    rows: list[list[str]],
+    colours: list[list[str | None]] | None = None,
+    *,
+    colour: bool = False,
+) -> str:
+    """Columns padded to their widest cell; `colours` (per cell) is applied after padding,
+    so escape codes never disturb the alignment."""
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for r, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            padded = cell.ljust(widths[i]) if i < len(row) - 1 else cell
+            hue = colours[r][i] if colours is not None else None
+            cells.append(paint(padded, hue, colour))
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _fit_cell(text: str, room: int) -> str:
+    """Cut a cell to `room` characters, saying how many items were left out."""
+    if len(text) <= room:
+        return text
+    items = text.split(" ")
+    kept: list[str] = []
+    for index, item in enumerate(items):
+        rest = len(items) - index - 1
+        candidate = " ".join([*kept, item])
+        if len(candidate) + len(f" +{rest}") > room and kept:
+            return " ".join(kept) + f" +{len(items) - index}"
+        kept.append(item)
+    return text[: max(room, 8)]
 
 
 def _age(value: Any) -> str:
@@ -66,7 +124,9 @@ def _spool_lines(nodes: list[dict[str, Any]], now: float) -> list[str]:
         if depth:
             oldest = spool.get("oldest_at")
             age = f", oldest {max(0.0, now - oldest):.0f}s old" if oldest else ""
-            parts.append(f"{depth} write(s) waiting for their owner{age}")
+            owners = spool.get("owners") or []
+            whom = f" ({', '.join(owners)})" if owners else ""
+            parts.append(f"{depth} write(s) waiting for their owner{whom}{age}")
         if dead:
             parts.append(
                 f"{dead} refused by their owner for good (`spooled_write_refused` in its log)"
@@ -75,7 +135,20 @@ def _spool_lines(nodes: list[dict[str, Any]], now: float) -> list[str]:
     return ["Spooled writes:", *lines] if lines else []
 
 
-def render_status(status: dict[str, Any], now: float | None = None) -> str:
+def _address(url: str) -> str:
+    # http is the default; https stays visible.
+    return url.removeprefix("http://")
+
+
+def render_status(
+    status: dict[str, Any],
+    now: float | None = None,
+    *,
+    width: int = STATUS_WIDTH,
+    colour: bool = False,
+) -> str:
+    """The status for people: where it comes from, the problems first (a cut-off `--watch`
+    frame loses node rows, never the problems), then one row per node within `width`."""
     view = status.get("view") or {}
     if view.get("source") == "registry":
         source = f"coordinator {status.get('answered_by')}"
@@ -89,30 +162,53 @@ def render_status(status: dict[str, Any], now: float | None = None) -> str:
         age = view.get("age_s")
         source = f"copy held by {status.get('node_id')}, {age}s old"
     lines = [f"Cluster as seen by {source}; TTL {status.get('ttl_s')}s"]
-    rows = []
+    problems = status_problems(status)
+    if problems:
+        lines.append(paint(f"Problems ({len(problems)}):", RED, colour))
+        lines.extend(f"  - {p}" for p in problems)
+    else:
+        lines.append(paint("Healthy: every node alive, every daemon healthy.", GREEN, colour))
+    for error in status.get("coordinator_errors", []):
+        lines.append(f"  ! {error}")
+    rows: list[list[str]] = []
+    colours: list[list[str | None]] = []
     for node in status.get("nodes", []):
         daemon, health = _daemon(node.get("daemon") or {})
-        if node.get("state") != "alive":
+        alive = node.get("state") == "alive"
+        if not alive:
             health = "unknown"  # the last report is stale once the node is down
+        role = "coord" if node.get("coordinator") else ("member" if node.get("joined") else "")
         rows.append(
             [
                 node["node_id"],
                 node.get("state", "?"),
-                node.get("url", "?"),
+                _address(node.get("url", "?")),
                 daemon,
                 health,
-                _age(node.get("last_seen_age_s")),
-                "yes" if node.get("coordinator") else "",
-                f"{node.get('sidecar_version') or '?'}/p{node.get('protocol') or '?'}",
+                _age(node.get("last_seen_age_s")).removesuffix(" ago"),
+                role,
                 _agents(node.get("agents", [])),
             ]
         )
-    lines.append(
-        table(
-            ["NODE", "STATE", "URL", "DAEMON", "HEALTH", "HEARTBEAT", "COORD", "SIDECAR", "AGENTS"],
-            rows,
+        colours.append(
+            [
+                None,
+                GREEN if alive else RED,
+                None,
+                None,
+                GREEN if health == "healthy" else (RED if health == "UNHEALTHY" else YELLOW),
+                None,
+                None,
+                None,
+            ]
         )
-    )
+    headers = ["NODE", "STATE", "ADDRESS", "DAEMON", "HEALTH", "SEEN", "ROLE", "AGENTS"]
+    # The agents column takes what the others leave of `width`.
+    fixed = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers[:-1])]
+    room = max(16, width - sum(fixed) - 2 * (len(headers) - 1))
+    for row in rows:
+        row[-1] = _fit_cell(row[-1], room)
+    lines.append(table(headers, rows, colours, colour=colour))
     versions = {
         n.get("sidecar_version") for n in status.get("nodes", []) if n.get("sidecar_version")
     }
@@ -128,13 +224,9 @@ def render_status(status: dict[str, Any], now: float | None = None) -> str:
     lines.extend(_spool_lines(status.get("nodes", []), time.time() if now is None else now))
     routes = status.get("routes", [])
     lines.append(
-        f"Routes: {len(routes)} agent(s) routable; coordinators: {', '.join(status.get('coordinators', [])) or 'none'}"
+        f"Routes: {len(routes)} agent(s) routable; coordinators: "
+        f"{', '.join(status.get('coordinators', [])) or 'none'}"
     )
-    problems = status_problems(status)
-    lines.append("Problems:" if problems else "Healthy: every node alive, every daemon healthy.")
-    lines.extend(f"  - {p}" for p in problems)
-    for error in status.get("coordinator_errors", []):
-        lines.append(f"  ! {error}")
     return "\n".join(lines)
 
 

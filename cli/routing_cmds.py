@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .client import EXIT_DEGRADED, expect_ok, run_async
-from .context import CliContext, emit_json, json_option, pass_ctx
+from .client import EXIT_DEGRADED, EXIT_ERROR, CliError, expect_ok, run_async
+from .context import CliContext, emit_json, json_on_error, json_option, pass_ctx
 from .render import policy_text, table
 
 
@@ -33,8 +33,16 @@ def resolve(ctx: CliContext, agent: str, as_json: bool) -> None:
     Exit 0 when the owner is reachable (or the agent is served locally), 3 when its owner
     is down."""
     body = expect_ok(
-        run_async(ctx.client.call("GET", "/api/cluster/resolve", params={"agent_id": agent}))
+        json_on_error(
+            run_async(ctx.client.call("GET", "/api/cluster/resolve", params={"agent_id": agent})),
+            as_json,
+        )
     )
+    if body.get("known") is False:
+        hint = f"; did you mean {body['suggestion']!r}?" if body.get("suggestion") else ""
+        if as_json:
+            emit_json({**body, "exit_code": EXIT_ERROR})
+        raise CliError(f"no node hosts agent {agent!r} (it would be served locally){hint}")
     if as_json:
         emit_json(body)
     else:
@@ -53,7 +61,9 @@ def resolve(ctx: CliContext, agent: str, as_json: bool) -> None:
 def routes(ctx: CliContext, as_json: bool) -> None:
     """Every agent the sidecar knows of, its owner and where its requests go (`default` is
     always served by each node's own daemon)."""
-    body = expect_ok(run_async(ctx.client.call("GET", "/api/cluster/routes")))
+    body = expect_ok(
+        json_on_error(run_async(ctx.client.call("GET", "/api/cluster/routes")), as_json)
+    )
     if as_json:
         emit_json(body)
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -21,11 +22,12 @@ import click
 from click.core import ParameterSource
 
 from .client import EXIT_DEGRADED, EXIT_OK, CliError, SidecarClient, get_status
-from .render import render_status, status_problems
+from .render import render_status, screen_width, status_problems, use_colour
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def watch_options(fn: F) -> F:
@@ -66,11 +68,19 @@ async def fetch(client: SidecarClient) -> tuple[int, dict[str, Any] | None, str 
 
 
 def frame_text(
-    sidecar: str, interval: float, body: dict[str, Any] | None, error: str | None
+    sidecar: str,
+    interval: float,
+    body: dict[str, Any] | None,
+    error: str | None,
+    *,
+    colour: bool = False,
 ) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     header = f"signet-cluster status  {sidecar}  every {interval:g}s  {stamp}  (Ctrl-C to quit)"
-    return header + "\n\n" + (render_status(body) if body is not None else f"error: {error}")
+    if body is None:
+        return header + "\n\n" + f"error: {error}"
+    # Problems come first in the view, so a frame cut to the terminal keeps them.
+    return header + "\n\n" + render_status(body, width=screen_width(), colour=colour)
 
 
 def check_watch_options(ctx: click.Context, watch: bool) -> None:
@@ -88,7 +98,8 @@ def fit(text: str, size: os.terminal_size) -> list[str]:
     lines = text.split("\n")
     rows = max(2, size.lines - 1)  # the cursor rests on the row after the frame
     columns = max(20, size.columns)
-    heights = [max(1, -(-len(line) // columns)) for line in lines]  # wrapped rows
+    # Wrapped rows, counting only visible characters (colour codes take no room).
+    heights = [max(1, -(-len(ANSI.sub("", line)) // columns)) for line in lines]
     if sum(heights) <= rows:
         return lines
     shown: list[str] = []
@@ -128,7 +139,7 @@ async def _watch(
         else:
             draw(
                 out,
-                frame_text(client.base_url, interval, body, error),
+                frame_text(client.base_url, interval, body, error, colour=use_colour(out)),
                 terminal=terminal,
                 first=shown == 0,
             )

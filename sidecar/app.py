@@ -9,16 +9,18 @@ import aiohttp
 from aiohttp import web
 
 from sidecar import keys
-from sidecar.control import admin_api, cluster_api, routing_api
+from sidecar.control import admin_api, cluster_api, replace_api, routing_api
 from sidecar.etcd.backend import etcd_ctx
 from sidecar.federation import contribute
 from sidecar.federation.health import federation_ctx
 from sidecar.membership import admin_sync
 from sidecar.membership.coordinator import COORDINATOR, CoordinatorState, coordinator_ctx
+from sidecar.membership.events import RECENT_EVENTS, RecentEvents
 from sidecar.membership.failsafe import failsafe_ctx
 from sidecar.membership.heartbeat import heartbeat_ctx
-from sidecar.membership.identity import NodeIdentity
+from sidecar.membership.identity import NodeIdentity, default_node_id
 from sidecar.membership.peers import PeerClient
+from sidecar.membership.refusals import REFUSALS, HeartbeatRefusals
 from sidecar.membership.view import Membership
 from sidecar.membership.watcher import watcher_ctx
 from sidecar.memory.handoff import handoff_ctx
@@ -62,7 +64,7 @@ async def state_ctx(app: web.Application) -> AsyncIterator[None]:
     store = StateStore(settings.state_path / "state.db")
     await store.open()
     app[keys.STATE] = store
-    node_id = await store.node_id(settings.node_id)
+    node_id = await store.node_id(settings.node_id, new=default_node_id())
     # A run-time promotion (`signet-cluster promote`) outlives restarts.
     promoted = await store.meta("coordinator")
     coordinator = settings.coordinator if promoted is None else promoted == "1"
@@ -113,6 +115,8 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app[keys.AUTH] = AuthState(settings)
     app[keys.AUTH].load()
     app[keys.CLOCK] = clock or SystemClock()
+    app[REFUSALS] = HeartbeatRefusals(app[keys.CLOCK])
+    app[RECENT_EVENTS] = RecentEvents(app[keys.CLOCK])
     app[keys.REGISTRY] = Registry(
         ttl=settings.ttl, reap_after=settings.reap_after, clock=app[keys.CLOCK]
     )
@@ -124,6 +128,7 @@ def make_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicati
     app.add_routes(openapi.routes)
     app.add_routes(topology.routes)
     app.add_routes(admin_api.routes)
+    app.add_routes(replace_api.routes)
     app.add_routes(admin_sync.routes)
     app.add_routes(routing_api.routes)
     app.add_routes(contribute.routes)

@@ -106,6 +106,23 @@ def count_accept_errors(loop: asyncio.AbstractEventLoop, guard: ConnectionGuard)
     loop.set_exception_handler(handler)
 
 
+def reload_on_sighup(app: web.Application) -> None:
+    """SIGHUP: re-read the key and certificate files now, and say what is loaded after it
+    (key ids and files, never secrets), whether or not anything changed."""
+    auth = app[keys.AUTH]
+    auth.reload(True)
+    current = auth.keyring.current
+    log.info(
+        "sighup_reloaded",
+        reloaded=["keyring", "tls"],
+        keyring=current.describe() if current else None,
+        tls_cert=auth.tls.cert_file,
+        tls_ca=auth.tls.ca_file,
+        daemon_auth_mode=auth.daemon_mode,
+        not_reloaded="settings (restart the sidecar for those)",
+    )
+
+
 async def run_sidecar(
     settings: Settings,
     *,
@@ -153,7 +170,7 @@ async def run_sidecar(
             installed.append(signum)
     with suppress(NotImplementedError, RuntimeError, AttributeError):
         # SIGHUP re-reads key and certificate files now (they are also polled each second).
-        loop.add_signal_handler(signal.SIGHUP, app[keys.AUTH].reload, True)
+        loop.add_signal_handler(signal.SIGHUP, reload_on_sighup, app)
         installed.append(signal.SIGHUP)
     try:
         site = web.TCPSite(
@@ -165,9 +182,14 @@ async def run_sidecar(
         )
         await site.start()
         identity = app[keys.IDENTITY]
+        snapshot = app[keys.WATCHER].snapshot
         log.info(
             "sidecar_started",
+            version=identity.sidecar_version,
+            protocol=f"{identity.protocol.min}-{identity.protocol.max}",
             node_id=identity.node_id,
+            state_dir=str(settings.state_path),
+            daemon_healthy=snapshot.healthy,
             listen=f"{settings.host}:{settings.port}",
             url=identity.url,
             coordinator=identity.coordinator,

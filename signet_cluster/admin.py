@@ -11,11 +11,12 @@ the skew of each other, which operators do not do to one node.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
-from signet_cluster.protocol import valid_agent_id, valid_http_url, valid_node_id
+from signet_cluster.protocol import PeerView, valid_agent_id, valid_http_url, valid_node_id
+from signet_cluster.registry import Claims, compute_routing
 
 MEMBERSHIP_STATES = ("joined", "removed")
 
@@ -119,3 +120,40 @@ def merge(local: AdminState, remote: AdminState) -> AdminState:
         adoptions=tuple(adoptions[k] for k in sorted(adoptions)),
         claims=tuple(claims[k] for k in sorted(claims)),
     )
+
+
+@attrs.frozen(kw_only=True)
+class Ownership:
+    """Who owns an agent under a set of adoptions, and with which read policy (the owner's
+    roster entry decides what the agent may read cluster-wide)."""
+
+    owner: str | None
+    read_policy: str | None
+    policy_group: str | None
+
+    def policy_text(self) -> str:
+        if self.read_policy == "group":
+            return f"group:{self.policy_group or '-'}"
+        return self.read_policy or "none"
+
+
+def ownership(
+    peers: Iterable[PeerView], adoptions: Mapping[str, str], claims: Claims, agent_id: str
+) -> Ownership:
+    """The owner the routing rule picks for `agent_id` (alive or not) and its policy, given
+    the first claims the registry saw (`Registry.claims()`)."""
+    peer_list = list(peers)
+    routes, collisions = compute_routing(peer_list, adoptions, claims)
+    owner = next((r.node_id for r in routes if r.agent_id == agent_id), None)
+    if owner is None:
+        owner = next((c.winner for c in collisions if c.agent_id == agent_id), None)
+    if owner is None:
+        owner = next((p.node_id for p in peer_list for a in p.agents if a.id == agent_id), None)
+    for peer in peer_list:
+        if peer.node_id == owner:
+            for agent in peer.agents:
+                if agent.id == agent_id:
+                    return Ownership(
+                        owner=owner, read_policy=agent.read_policy, policy_group=agent.policy_group
+                    )
+    return Ownership(owner=owner, read_policy=None, policy_group=None)

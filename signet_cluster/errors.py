@@ -58,6 +58,13 @@ class NodeIdInUse(ClusterError):
     code = "node_id_in_use"
 
 
+class WrongNode(ClusterError):
+    """A message addressed to one node id reached a sidecar with another (same URL)."""
+
+    status = 409
+    code = "wrong_node"
+
+
 class NotFound(ClusterError):
     status = 404
     code = "not_found"

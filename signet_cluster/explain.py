@@ -351,12 +351,45 @@ def explain(picture: ClusterPicture, agent_id: str) -> Explanation:
     )
 
 
+def _agent_ids(node: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(a["id"] for a in node.get("agents") or () if a.get("id") != "default")
+
+
+def replacement_candidates(status: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(old, new) pairs: a node that is not alive, and an alive node with another id at its
+    URL hosting the same agents — most likely the same host restarted under a new node id."""
+    nodes = list(status.get("nodes", []))
+    pairs = []
+    for old in nodes:
+        if old.get("state") == "alive" or not _agent_ids(old):
+            continue
+        for new in nodes:
+            if (
+                new.get("state") == "alive"
+                and new["node_id"] != old["node_id"]
+                and new.get("url") == old.get("url")
+                and _agent_ids(new) == _agent_ids(old)
+            ):
+                pairs.append((old["node_id"], new["node_id"]))
+                break
+    return pairs
+
+
 def cluster_problems(status: Mapping[str, Any]) -> list[str]:
     """Everything that makes the cluster degraded, one line each (empty when healthy):
     `status` exits 3 on any, the /cluster page lists them."""
     problems = []
+    replaced = {old: new for old, new in replacement_candidates(status)}
     for node in status.get("nodes", []):
-        if node.get("state") != "alive":
+        if node["node_id"] in replaced:
+            new = replaced[node["node_id"]]
+            problems.append(
+                f"node {node['node_id']} is {node.get('state')} and node {new} now answers at "
+                f"its URL {node.get('url')} with the same agents: a restart under a new id? "
+                f"`signet-cluster replace {node['node_id']} {new}` carries its membership "
+                "and adoptions over"
+            )
+        elif node.get("state") != "alive":
             problems.append(f"node {node['node_id']} is {node.get('state')}")
         elif not (node.get("daemon") or {}).get("healthy"):
             error = (node.get("daemon") or {}).get("error")
@@ -369,6 +402,11 @@ def cluster_problems(status: Mapping[str, Any]) -> list[str]:
         problems.append(f"etcd does not answer ({etcd.get('error')}): routing from the last view")
     elif view.get("stale"):
         problems.append(f"routing table is {view.get('age_s')}s old: no coordinator answers")
+    for refusal in status.get("refused_heartbeats") or []:
+        problems.append(
+            f"heartbeats from {refusal['sender']} refused ({refusal['reason']}) "
+            f"{refusal['count']} time(s), last {refusal['last_age_s']}s ago: {refusal['error']}"
+        )
     for collision in status.get("collisions", []):
         problems.append(
             f"agent {collision['agent_id']} is claimed by {', '.join(collision['claimants'])}; "

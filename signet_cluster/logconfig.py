@@ -12,6 +12,7 @@ are rate-limited per kind, with the number left out reported on the next line le
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +114,35 @@ def _note_suppressed(record: logging.LogRecord, dropped: int) -> None:
         record.msg = f"{record.msg} ({dropped} similar lines suppressed before this one)"
 
 
+# syslog priorities (sd-daemon(3)): journald reads a `<N>` line prefix as the priority, so
+# `journalctl -p warning` shows what needs an operator.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM to its
+    device:inode); a terminal or a pipe elsewhere gets no prefixes."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":", 1))
+        stat = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+class JournalFormatter(logging.Formatter):
+    """Wraps the structlog formatter and prefixes each line with `<priority>`."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITIES.get(record.levelname.lower(), 6)
+        return "\n".join(f"<{priority}>{line}" for line in self.inner.format(record).split("\n"))
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
@@ -150,7 +180,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(JournalFormatter(formatter) if stderr_is_journal() else formatter)
     handler.addFilter(LogGuard())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -111,6 +111,8 @@ class SpoolSummary:
     bytes: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     oldest_at: float | None = None
     dead_letters: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    # The owner node ids the waiting writes are for (older sidecars do not send it).
+    owners: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -217,16 +219,30 @@ class AdoptRequest:
 
 
 @attrs.frozen(kw_only=True)
+class ReplaceRequest:
+    """`signet-cluster replace OLD NEW`: NEW takes over OLD's membership and adoptions."""
+
+    old: str = attrs.field(validator=valid_node_id)
+    new: str = attrs.field(validator=valid_node_id)
+    dry_run: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class PromoteRequest:
     coordinator: bool
 
 
 @attrs.frozen(kw_only=True)
 class CoordinatorsUpdate:
-    """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join)."""
+    """Tells a sidecar which coordinators to heartbeat to (sent by a coordinator on join and
+    remove). `node_id` names the node the update is for: a sidecar with another id at that
+    URL (a restart under a new id, a new host) refuses it instead of obeying."""
 
     add: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
     remove: tuple[str, ...] = attrs.field(default=(), validator=valid_http_urls)
+    node_id: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(valid_node_id)
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -217,6 +217,23 @@ class Registry:
             return True
         return False
 
+    def restore_seen(self, node_id: str, url: str) -> bool:
+        """A node a previous run of this coordinator knew (persisted by the coordinator):
+        listed as down until it heartbeats, so a host that stopped heartbeating while this
+        coordinator was away is shown, not silently missing. Reaped like any discovered
+        node if it never returns."""
+        if node_id in self._peers:
+            return False
+        self._peers[node_id] = PeerRecord(
+            node_id=node_id, url=url, down_since=self.clock.monotonic()
+        )
+        self._bump()
+        return True
+
+    def addresses(self) -> dict[str, str]:
+        """node id -> URL of every registered node."""
+        return {r.node_id: r.url for r in self._peers.values()}
+
     def remove(self, node_id: str) -> bool:
         if self._peers.pop(node_id, None) is None:
             return False
@@ -289,6 +306,12 @@ class Registry:
 
     def _view(self, record: PeerRecord, now: float) -> PeerView:
         hb = record.heartbeat
+        daemon = hb.daemon if hb else DaemonInfo(flavor="unknown", healthy=False)
+        if hb is not None and record.state != "alive" and daemon.healthy:
+            # Its daemon's last report is stale once the node is down: never vouch for it.
+            daemon = attrs.evolve(
+                daemon, healthy=False, error="node is down: its daemon's health is unknown"
+            )
         return PeerView(
             node_id=record.node_id,
             url=record.url,
@@ -298,7 +321,7 @@ class Registry:
             protocol=record.protocol,
             sidecar_version=hb.sidecar_version if hb else None,
             instance_id=hb.instance_id if hb else None,
-            daemon=hb.daemon if hb else DaemonInfo(flavor="unknown", healthy=False),
+            daemon=daemon,
             agents=hb.agents if hb else (),
             last_seen_age_s=round(now - record.last_seen, 3)
             if record.last_seen is not None

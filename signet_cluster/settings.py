@@ -3,7 +3,9 @@ validated once with every problem listed (`signet-cluster check-config`)."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -18,6 +20,8 @@ from signet_cluster.errors import ConfigError
 
 ENV_PREFIX = "SIGNET_CLUSTER_"
 DEFAULT_PORT = 3860
+# Where the system unit keeps its state (systemd StateDirectory=signet-cluster).
+SYSTEM_STATE_DIR = "/var/lib/signet-cluster"
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -28,7 +32,7 @@ def _doc(text: str) -> dict[str, str]:
 class Settings:
     node_id: str | None = attrs.field(
         default=None,
-        metadata=_doc("Stable node id; generated once and kept in the state DB when unset."),
+        metadata=_doc("Stable node id; when unset, the host's short name (kept in the state DB)."),
     )
     host: str = attrs.field(default="127.0.0.1", metadata=_doc("Address the sidecar listens on."))
     port: int = attrs.field(default=DEFAULT_PORT, metadata=_doc("Port the sidecar listens on."))
@@ -68,7 +72,9 @@ class Settings:
     state_dir: str | None = attrs.field(
         default=None,
         metadata=_doc(
-            "Where the sidecar keeps its state DB (default $XDG_STATE_HOME/signet-cluster)."
+            "Where the sidecar keeps its state DB (default /var/lib/signet-cluster when it "
+            "exists and is writable, as the system unit uses, else "
+            "$XDG_STATE_HOME/signet-cluster)."
         ),
     )
     heartbeat_interval: float = attrs.field(
@@ -316,6 +322,11 @@ class Settings:
     def state_path(self) -> Path:
         if self.state_dir:
             return Path(self.state_dir).expanduser()
+        # The system unit's directory wins when this user may write it: foreground `serve`
+        # on that host then uses the same state DB (node id, spool) as the unit does.
+        system = Path(SYSTEM_STATE_DIR)
+        if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
+            return system
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(base) / "signet-cluster"
 
@@ -408,7 +419,9 @@ def _flatten_toml(data: Mapping[str, Any], problems: list[str], source: str) -> 
             flat[key.replace("-", "_")] = value
     for key in list(flat):
         if key not in FIELDS:
-            problems.append(f"{source}: unknown setting {key!r}")
+            close = difflib.get_close_matches(key, list(FIELDS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{source}: unknown setting {key!r}{hint}")
             del flat[key]
     return flat
 
@@ -432,9 +445,31 @@ def load_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge the layers and validate. Raises ConfigError listing every problem."""
+    checked = collect_settings(config_file, env, overrides)
+    if checked.problems:
+        raise ConfigError(checked.problems)
+    return checked.settings
+
+
+@attrs.frozen(kw_only=True)
+class CheckedSettings:
+    """Every layer merged: the settings from the values that parsed, every problem (one
+    round), and where each setting came from (default, file, env, flag)."""
+
+    settings: Settings
+    problems: list[str]
+    sources: dict[str, str]
+
+
+def collect_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> CheckedSettings:
     env = os.environ if env is None else env
     problems: list[str] = []
     values: dict[str, Any] = {}
+    sources = dict.fromkeys(FIELDS, "default")
 
     if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
         config_file = Path(env[ENV_PREFIX + "CONFIG"])
@@ -445,6 +480,7 @@ def load_settings(
                 problems.append(f"{config_file}: {problem}")
             else:
                 values[name] = value
+                sources[name] = f"file {config_file}"
     for name in FIELDS:
         if env_name(name) in env:
             value, problem = _coerce(name, env[env_name(name)], from_text=True)
@@ -452,6 +488,7 @@ def load_settings(
                 problems.append(f"{env_name(name)}: {problem}")
             else:
                 values[name] = value
+                sources[name] = f"env {env_name(name)}"
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
@@ -463,13 +500,12 @@ def load_settings(
             problems.append(problem)
         else:
             values[name] = value
-    if problems:
-        raise ConfigError(problems)
+            sources[name] = "flag --" + name.replace("_", "-")
+    # One round: the values that parsed are validated too, so every problem is listed at
+    # once (not some only after the others are fixed).
     settings = Settings(**values)
-    problems = validate(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    problems += validate(settings)
+    return CheckedSettings(settings=settings, problems=problems, sources=sources)
 
 
 _URL = re.compile(r"^https?://[^\s/]+(:\d+)?/?$")
@@ -611,3 +647,27 @@ def _registry_problems(settings: Settings) -> list[str]:
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings as plain data for `check-config` (no secrets are ever included)."""
     return {name: getattr(settings, name) for name in FIELDS}
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """Each setting as the sidecar will use it: an unset one shows what it falls back to
+    (node_id is left to the caller: it depends on the state DB and the host name)."""
+    values = describe(settings)
+    values.update(
+        advertise_url=settings.url,
+        workspace=str(settings.workspace_path),
+        state_dir=str(settings.state_path),
+        peer_ttl=settings.ttl,
+    )
+    return values
+
+
+def toml_value(value: Any) -> str:
+    """A value written as TOML (strings as basic strings: JSON's escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)

@@ -107,8 +107,9 @@ class StateStore:
         self._executor.shutdown(wait=True)
 
     # -- identity ------------------------------------------------------------------------
-    async def node_id(self, configured: str | None) -> str:
-        """The node's stable id: the configured one, else the stored one, else a new one."""
+    async def node_id(self, configured: str | None, new: str | None = None) -> str:
+        """The node's stable id: the configured one, else the stored one, else `new` (kept
+        from then on), else a random one."""
 
         def _get(db: Database) -> str:
             rows = list(db.query("select value from meta where key = 'node_id'"))
@@ -118,7 +119,7 @@ class StateStore:
                 return configured
             if rows:
                 return str(rows[0]["value"])
-            new_id = "node-" + uuid.uuid4().hex[:12]
+            new_id = new or "node-" + uuid.uuid4().hex[:12]
             db.table("meta").insert({"key": "node_id", "value": new_id}, pk="key")
             return new_id
 

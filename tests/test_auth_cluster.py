@@ -64,7 +64,7 @@ async def test_every_cluster_route_refuses_unsigned_bad_replayed_and_stale(
     paths = {p for _m, p in routes}
     assert {"/api/cluster/heartbeat", "/api/cluster/join", "/api/cluster/status"} <= paths
     await cluster.stop_sidecar(b)  # nothing else changes the registry while we probe
-    # ... once b has expired (its TTL is half a second, the probing can take longer).
+    # ... once b is marked down (that change must not land in the middle of the probe).
     await cluster.wait_states(a, {"b": "down"})
     before = registry_of(a).version
     body = b"{}"

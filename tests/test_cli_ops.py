@@ -299,10 +299,10 @@ async def test_adopt_clear_with_the_etcd_backend(
         "peer_ttl": 2.0,
     }
     a = await cluster.add("a", BOB, **settings)
-    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "a")
+    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "a", "--yes")
     assert code == 0, err
     assert out.strip() == "bob: owned by a cluster-wide (claimed by a)."
-    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "--clear")
+    code, out, err = await run_cli("--sidecar", a.url, "adopt", "bob", "--clear", "--yes")
     assert code == 0, err
     assert out.strip() == "bob: override cleared; the first claim decides again."
 

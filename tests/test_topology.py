@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from sidecar.ops.topology import topology
+from sidecar.ops.topology import spool_text, topology
+from signet_cluster.clock import ManualClock
 
 from .cluster_helpers import Cluster
 
@@ -44,6 +45,7 @@ async def test_topology_document_from_any_node(cluster: Cluster) -> None:
         "policy_group": "ops",
         "collision": False,
         "owner": True,
+        "routable": True,
     }
     assert doc["groups"] == {"ops": [{"agent_id": "carol", "node_id": "b"}]}
     assert [c["agent_id"] for c in doc["collisions"]] == ["alice"]
@@ -90,7 +92,43 @@ def test_node_spool_is_shown_with_the_age_of_its_oldest_write() -> None:
     doc = topology(status, refresh_s=1.0, generated_at=1000.0)
     spools = {n["node_id"]: n["spool"] for n in doc["nodes"]}
     assert spools == {
-        "a": {"depth": 2, "bytes": 300, "dead_letters": 1, "oldest_age_s": 10.0},
+        "a": {"depth": 2, "bytes": 300, "dead_letters": 1, "oldest_age_s": 10.0, "owners": []},
         "b": None,
     }
     assert doc["problems"] == ["node b is down"]
+
+
+async def test_the_first_paint_is_rendered_by_the_sidecar(cluster: Cluster) -> None:
+    """/cluster arrives with the cluster in it (no JavaScript needed): problems first, a
+    card per node with its membership badge, a down node's agents marked not routable,
+    and recent events (the node that went down)."""
+    clock = ManualClock()
+    a = await cluster.add("a", ALICE, coordinator=True, clock=clock)
+    c = await cluster.add(
+        "c", [{"name": "carol", "memory": {"read_policy": "shared"}}], coordinators=(a.url,)
+    )
+    await cluster.wait_states(a, {"c": "alive"})
+    await cluster.stop_sidecar(c)
+    assert a.settings is not None
+    clock.advance(a.settings.ttl + 0.5)
+    # a's own next heartbeat brings it back after the jump of its clock.
+    await cluster.wait_states(a, {"c": "down", "a": "alive"})
+    assert cluster.session is not None
+    async with cluster.session.get(a.url + "/cluster") as resp:
+        html = await resp.text()
+    assert "{{" not in html
+    assert html.index('id="problems"') < html.index('id="nodes"')
+    assert "node c is down" in html
+    assert 'data-node-id="a"' in html and 'data-node-id="c"' in html
+    assert "discovered</span>" in html
+    carol = re.search(r'<span [^>]*data-agent="carol"[^>]*>', html)
+    assert carol is not None and 'data-routable="no"' in carol.group(0)
+    alice = re.search(r'<span [^>]*data-agent="alice"[^>]*>', html)
+    assert alice is not None and "data-routable" not in alice.group(0)
+    assert "c went down" in html
+
+
+def test_the_spool_says_which_owners_it_waits_for() -> None:
+    """The page's spool line names the owner nodes the waiting writes are for."""
+    spool = {"depth": 3, "bytes": 10, "dead_letters": 0, "oldest_age_s": 5.0, "owners": ["b", "c"]}
+    assert spool_text(spool) == "3 waiting for b, c, oldest 5 s"

@@ -3,6 +3,7 @@ agents coloured by policy, and a node going down shown without a reload."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from signet_cluster.clock import ManualClock
 
-from .cdp import Browser
+from .cdp import Browser, chromium_binary
 from .cluster_helpers import Cluster, wait_for
 
 ALICE = [{"name": "alice", "memory": {"read_policy": "isolated"}}]
@@ -96,6 +97,17 @@ async def test_page_shows_the_cluster_and_a_node_going_down(
         )
         problems = await browser.evaluate("document.getElementById('problems').textContent")
         assert "node c is down" in problems
+        # c's agents are marked: nothing routes to them while c is down.
+        unroutable = await browser.evaluate(
+            "[...document.querySelectorAll('[data-routable=\"no\"]')].map(c => c.dataset.agent)"
+        )
+        assert sorted(unroutable) == ["carol", "dave"]
+        events = await browser.evaluate("document.getElementById('events').textContent")
+        assert "c went down" in events
+        badges = await browser.evaluate(
+            "document.querySelector('[data-node-id=\"b\"] .badge.membership').textContent"
+        )
+        assert badges == "discovered"
 
         shot = await browser.screenshot(tmp_path / "cluster.png")
 
@@ -106,3 +118,35 @@ async def test_page_shows_the_cluster_and_a_node_going_down(
     # The policy colours themselves are on the picture (chips are solid fills).
     present = {rgb for _count, rgb in colours}
     assert {(192, 57, 43), (39, 174, 96), (47, 111, 214)} <= present
+
+
+async def test_a_plain_headless_screenshot_shows_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A plain `chromium --headless --screenshot` (no waiting for scripts) shows the nodes
+    and their policy colours: the first paint comes from the sidecar, not the script (the
+    page's HTML alone carries the cards: tests/test_topology.py)."""
+    a = await cluster.add("a", ALICE, coordinator=True)
+    await cluster.add("b", BOB, coordinators=(a.url,))
+    await cluster.wait_states(a, {"a": "alive", "b": "alive"})
+    shot = tmp_path / "plain.png"
+    process = await asyncio.create_subprocess_exec(
+        chromium_binary(),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+        f"--screenshot={shot}",
+        a.url + "/cluster",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) >= 16, "the screenshot is (nearly) blank"
+    present = {rgb for _count, rgb in colours}
+    # isolated (alice) and shared (bob) chips, painted without any script.
+    assert {(192, 57, 43), (39, 174, 96)} <= present

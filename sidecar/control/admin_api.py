@@ -8,14 +8,17 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.bodies import read_json
-from sidecar.etcd.admin import refuse_with_etcd, remove_node, set_adoption
+from sidecar.control.cluster_api import did_you_mean
+from sidecar.etcd.admin import NotWithEtcd, refuse_with_etcd, remove_node, set_adoption
 from sidecar.etcd.backend import ETCD
 from sidecar.membership.admin_sync import pull, record_decision
 from sidecar.membership.coordinator import COORDINATOR, coordinator_urls, require_coordinator
-from signet_cluster.admin import AdminState, Adoption, NodeDecision
+from sidecar.membership.events import RECENT_EVENTS
+from signet_cluster.admin import AdminState, Adoption, NodeDecision, ownership
 from signet_cluster.converter import structure, unstructure
 from signet_cluster.errors import (
     ClusterError,
+    NotFound,
     PeerUnreachable,
     ProtocolMismatch,
     ValidationFailed,
@@ -29,6 +32,7 @@ from signet_cluster.protocol import (
 )
 
 log = structlog.get_logger("signet_cluster.admin")
+
 routes = web.RouteTableDef()
 
 
@@ -57,7 +61,13 @@ async def tell(app: web.Application, url: str, update: CoordinatorsUpdate) -> st
         )
     except PeerUnreachable as exc:
         return exc.message
-    return None if response.status == 200 else f"{url} answered {response.status}"
+    if response.status == 200:
+        return None
+    body = response.body if isinstance(response.body, dict) else {}
+    if body.get("code") == "wrong_node":
+        other = (body.get("details") or {}).get("node_id")
+        return f"{url} is now node {other!r}, not {update.node_id!r}; it was left alone"
+    return f"{url} answered {response.status}"
 
 
 @routes.post("/api/cluster/join")
@@ -96,7 +106,9 @@ async def join(request: web.Request) -> web.Response:
         node_id=info.node_id, url=info.url, state="joined", at=app[keys.CLOCK].time()
     )
     await record_decision(app, AdminState(nodes=(decision,)))
-    told = await tell(app, info.url, CoordinatorsUpdate(add=coordinator_urls(app)))
+    told = await tell(
+        app, info.url, CoordinatorsUpdate(add=coordinator_urls(app), node_id=info.node_id)
+    )
     log.info("peer_joined", node_id=info.node_id, url=info.url, already_joined=already_joined)
     return web.json_response(
         {
@@ -130,7 +142,13 @@ async def remove(request: web.Request) -> web.Response:
                     f"{needle!r} matches several nodes ({', '.join(matches)}); give the node id or HOST:PORT"
                 ]
             )
-        return web.json_response({"node": needle, "removed": False, "known": False})
+        if needle in app[COORDINATOR].removed:  # removed before: nothing to do (idempotent)
+            return web.json_response({"node": needle, "removed": False, "known": True})
+        raise NotFound(
+            f"no node {needle!r} in the cluster"
+            + did_you_mean(needle, {*registry.addresses(), *registry.addresses().values()}),
+            details={"node": needle},
+        )
     node_id, url = record.node_id, record.url
     if record.state == "alive" and record.heartbeat is not None and record.heartbeat.coordinator:
         # It would keep its role and registry, without itself in it; a dead one may go.
@@ -142,8 +160,11 @@ async def remove(request: web.Request) -> web.Response:
         )
     decision = NodeDecision(node_id=node_id, url=url, state="removed", at=app[keys.CLOCK].time())
     await record_decision(app, AdminState(nodes=(decision,)))
-    told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app)))
-    log.info("peer_removed", node_id=node_id, url=url)
+    # Addressed to the node id: a different node now answering at that URL (restarted
+    # under a new id, or a replacement host) refuses it and keeps heartbeating.
+    told = await tell(app, url, CoordinatorsUpdate(remove=coordinator_urls(app), node_id=node_id))
+    log.warning("peer_removed", node_id=node_id, url=url, told=told is None, error=told)
+    app[RECENT_EVENTS].record("removed", f"{node_id} ({url}) removed by an operator", node_id)
     return web.json_response(
         {
             "node": needle,
@@ -158,37 +179,84 @@ async def remove(request: web.Request) -> web.Response:
 
 @routes.post("/api/cluster/adopt")
 async def adopt(request: web.Request) -> web.Response:
-    """Make NODE the owner of a contested AGENT on every coordinator (or clear that)."""
+    """Make NODE the owner of a contested AGENT on every coordinator (or clear that). The
+    answer says when the move changes the agent's effective read policy (the new owner's
+    roster entry is the one that counts)."""
+    return await _adopt(request, dry_run=False)
+
+
+@routes.post("/api/cluster/adopt/preview")
+async def adopt_preview(request: web.Request) -> web.Response:
+    """The same answer as adopt, changing nothing (`adopt --dry-run`, and the confirmation).
+    A path of its own: a sidecar without it answers 404 instead of adopting."""
+    return await _adopt(request, dry_run=True)
+
+
+async def _adopt(request: web.Request, *, dry_run: bool) -> web.Response:
     app = request.app
     body = structure(await read_json(request), AdoptRequest)
     if ETCD in app:
+        if dry_run:
+            raise NotWithEtcd("adopt preview: not available with the etcd backend")
         # With the etcd backend the adoption is a key in etcd, seen by every sidecar.
         return web.json_response(await set_adoption(app[ETCD], body.agent_id, body.node_id))
     require_coordinator(app)
     registry = app[keys.REGISTRY]
-    claimants = sorted(
-        p.node_id for p in registry.peers() if any(a.id == body.agent_id for a in p.agents)
-    )
+    peers = registry.peers()
+    claimants = sorted(p.node_id for p in peers if any(a.id == body.agent_id for a in p.agents))
     if body.agent_id == "default":
         raise ValidationFailed(
             ["agent_id: `default` is local to every node and has no owner to adopt"]
         )
-    if body.node_id is not None and body.node_id not in claimants:
-        hint = f"nodes hosting it: {', '.join(claimants)}" if claimants else "no node hosts it"
-        raise ValidationFailed(
-            [f"node {body.node_id!r} does not host agent {body.agent_id!r} ({hint})"]
+    adoptions = (await app[keys.STATE].admin_state()).active_adoptions()
+    # Clearing an override stays possible after every node hosting the agent is gone.
+    if not claimants and not (body.node_id is None and body.agent_id in adoptions):
+        raise NotFound(
+            f"no node hosts agent {body.agent_id!r}"
+            + did_you_mean(body.agent_id, {a.id for p in peers for a in p.agents}),
+            details={"agent_id": body.agent_id},
         )
-    decision = Adoption(agent_id=body.agent_id, node_id=body.node_id, at=app[keys.CLOCK].time())
-    await record_decision(app, AdminState(adoptions=(decision,)))
+    if body.node_id is not None and body.node_id not in claimants:
+        raise ValidationFailed(
+            [
+                f"node {body.node_id!r} does not host agent {body.agent_id!r} "
+                f"(nodes hosting it: {', '.join(claimants)})"
+            ]
+        )
+    claims = registry.claims()
+    before = ownership(peers, adoptions, claims, body.agent_id)
+    planned = dict(adoptions)
+    if body.node_id is None:
+        planned.pop(body.agent_id, None)
+    else:
+        planned[body.agent_id] = body.node_id
+    after = ownership(peers, planned, claims, body.agent_id)
+    if not dry_run:
+        decision = Adoption(agent_id=body.agent_id, node_id=body.node_id, at=app[keys.CLOCK].time())
+        await record_decision(app, AdminState(adoptions=(decision,)))
     routes_, _collisions = registry.routing()
-    owner = next((r.node_id for r in routes_ if r.agent_id == body.agent_id), None)
-    log.info("agent_adopted", agent_id=body.agent_id, node_id=body.node_id, owner=owner)
+    routed = next((r.node_id for r in routes_ if r.agent_id == body.agent_id), None)
+    policy_changed = before.policy_text() != after.policy_text()
+    if not dry_run:
+        log.info(
+            "agent_adopted",
+            agent_id=body.agent_id,
+            node_id=body.node_id,
+            owner=routed,
+            policy_from=before.policy_text() if policy_changed else None,
+            policy_to=after.policy_text() if policy_changed else None,
+        )
     return web.json_response(
         {
             "agent_id": body.agent_id,
             "adopted_by": body.node_id,
-            "owner": owner,
+            "owner": after.owner if dry_run else routed,
+            "owner_before": before.owner,
             "claimants": claimants,
+            "dry_run": dry_run,
+            "policy_before": before.policy_text(),
+            "policy": after.policy_text(),
+            "policy_changed": policy_changed,
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import structlog
@@ -16,8 +17,12 @@ from sidecar.membership.coordinator import (
     accept_heartbeat,
     coordinator_urls,
     encode_reply,
+    registry_tag,
     require_coordinator,
 )
+from sidecar.membership.events import RECENT_EVENTS
+from sidecar.membership.peers import HOP_HEADER
+from sidecar.membership.refusals import REFUSALS
 from sidecar.memory.handoff import SPOOL
 from sidecar.security.auth import proves_coordinator, reply_signature, require_sender
 from sidecar.security.limits import CONNECTIONS
@@ -26,7 +31,9 @@ from signet_cluster.errors import (
     ClusterError,
     NotFound,
     PeerUnreachable,
+    WrongNode,
 )
+from signet_cluster.explain import cluster_problems
 from signet_cluster.protocol import (
     CoordinatorsUpdate,
     Heartbeat,
@@ -37,9 +44,17 @@ log = structlog.get_logger("signet_cluster.cluster_api")
 routes = web.RouteTableDef()
 
 
+def did_you_mean(needle: str, names: set[str]) -> str:
+    """`; did you mean X?` for the closest known name, else nothing."""
+    close = difflib.get_close_matches(needle, sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 @routes.post("/api/cluster/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     received = request.app[keys.METRICS].heartbeats_received
+    refusals = request.app[REFUSALS]
+    message: Heartbeat | None = None
     try:
         message = structure_json(await request.read(), Heartbeat)
         # A node may only describe itself (and so only claim agents for itself).
@@ -49,7 +64,16 @@ async def heartbeat(request: web.Request) -> web.Response:
         )
     except ClusterError as exc:
         received.labels(outcome=exc.code).inc()
+        # A removed node is refused once and stops: that is the removal working.
+        if exc.code != "removed":
+            sender = (
+                f"{message.node_id} ({message.url})" if message is not None else str(request.remote)
+            )
+            if refusals.record(sender, exc.code, exc.message):
+                log.warning("heartbeat_refused", sender=sender, code=exc.code, error=exc.message)
         raise
+    if refusals.entries:
+        refusals.forget_sender(f"{message.node_id} ({message.url})", message.node_id)
     received.labels(outcome="accepted").inc()
     accepts = request.headers.get("Accept-Encoding", "")
     body, encoding, digest = encode_reply(request.app, reply, gzip_ok="gzip" in accepts)
@@ -139,7 +163,8 @@ def local_status(app: web.Application) -> dict[str, Any]:
         body.update(
             view={
                 "source": "registry",
-                "registry_version": registry.version,
+                # The same tag heartbeat replies, resolve and routes carry (one type: text).
+                "registry_version": registry_tag(app),
                 "age_s": 0.0,
                 "stale": False,
             },
@@ -148,6 +173,8 @@ def local_status(app: web.Application) -> dict[str, Any]:
             collisions=unstructure(collisions),
             coordinators=list(coordinator_urls(app)),
             ttl_s=registry.ttl,
+            refused_heartbeats=app[REFUSALS].summary(),
+            events=app[RECENT_EVENTS].recent(),
         )
         return body
     view = membership.latest()
@@ -187,9 +214,16 @@ async def status(request: web.Request) -> web.Response:
     """The cluster as the freshest source sees it: a coordinator answers from its registry;
     a member asks its coordinators and falls back to its own (possibly stale) copy."""
     app = request.app
-    body = local_status(app) if request.query.get("local") == "1" else await freshest_status(app)
     # Breakers and budgets are this sidecar's own (each node fans out on its own).
-    body["federation"] = {"as_seen_by": app[keys.IDENTITY].node_id, "nodes": peer_health(app)}
+    federation = {"as_seen_by": app[keys.IDENTITY].node_id, "nodes": peer_health(app)}
+    if request.query.get("local") == "1":
+        local = local_status(app)
+        local["federation"] = federation
+        return web.json_response(local)
+    body = await freshest_status(app)
+    body["federation"] = federation
+    # What makes the cluster degraded, judged once here for the CLI, scripts and the page.
+    body["problems"] = cluster_problems(body)
     return web.json_response(body)
 
 
@@ -227,25 +261,52 @@ async def freshest_status(app: web.Application) -> dict[str, Any]:
 
 @routes.post("/api/cluster/coordinators")
 async def update_coordinators(request: web.Request) -> web.Response:
-    """Member side of join/remove: start or stop heartbeating to the given coordinators."""
+    """Member side of join/remove: start or stop heartbeating to the given coordinators.
+    An update naming another node id is refused (409 wrong_node) and changes nothing: the
+    coordinator meant the node that used to answer at this URL, not this one."""
     app = request.app
     update = structure(await read_json(request), CoordinatorsUpdate)
+    node_id = app[keys.IDENTITY].node_id
+    if update.node_id is not None and update.node_id != node_id:
+        raise WrongNode(
+            f"this sidecar is node {node_id!r}, not {update.node_id!r}; nothing changed",
+            details={"node_id": node_id},
+        )
     membership = app[keys.MEMBERSHIP]
+    addressed = update.node_id is not None
     if update.add:
-        await membership.add(update.add)
+        await membership.add(update.add, rejoin=addressed)
     if update.remove:
         await membership.remove(update.remove)
-    log.info("coordinators_updated", add=list(update.add), remove=list(update.remove))
-    return web.json_response({"coordinators": membership.targets()})
+        if addressed and not update.add:
+            sender = request.headers.get(HOP_HEADER)
+            stopped = ", ".join(update.remove)
+            by = f"coordinator {sender}, heartbeats to {stopped} stopped" if sender else stopped
+            if await membership.mark_removed(by):
+                log.warning(
+                    "node_removed",
+                    node_id=node_id,
+                    by=by,
+                    hint="this node is out of the cluster; `signet-cluster join` adds it back",
+                )
+    if not (update.remove and addressed):
+        log.info("coordinators_updated", add=list(update.add), remove=list(update.remove))
+    return web.json_response({"coordinators": membership.targets(), "node_id": node_id})
 
 
 @routes.get("/api/cluster/peers/{node}")
 async def peer(request: web.Request) -> web.Response:
     app = request.app
     require_coordinator(app)
-    record = app[keys.REGISTRY].find(request.match_info["node"])
+    registry = app[keys.REGISTRY]
+    needle = request.match_info["node"]
+    record = registry.find(needle)
     if record is None:
-        raise NotFound(f"no node {request.match_info['node']!r} in the registry")
+        names = {*registry.addresses(), *registry.addresses().values()}
+        raise NotFound(
+            f"no node {needle!r} in the registry{did_you_mean(needle, names)}",
+            details={"node": needle, "matches": registry.matches(needle)},
+        )
     views = [p for p in app[keys.REGISTRY].peers() if p.node_id == record.node_id]
     return web.json_response(unstructure(views[0]))
 

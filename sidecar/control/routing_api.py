@@ -4,6 +4,7 @@ sidecar routes them right now (for runtimes that resolve once at session start, 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from aiohttp import web
@@ -56,9 +57,27 @@ async def resolve(request: web.Request) -> web.Response:
         raise ValidationFailed(["agent_id: give the agent to resolve (?agent_id=NAME)"])
     app = request.app
     view = current_view(app)
-    body = describe(app, decide(app, agent, view), view)
-    body.update(answered_by=app[keys.IDENTITY].node_id, view=view_info(app, view))
+    target = decide(app, agent, view)
+    body = describe(app, target, view)
+    # Unknown agents are served by the local daemon (as the daemon itself would), so the
+    # answer stays 200 for runtimes; `known` and `suggestion` let the CLI flag a typo.
+    names = known_agents(app, view)
+    body.update(
+        answered_by=app[keys.IDENTITY].node_id,
+        view=view_info(app, view),
+        known=target.reason != "unknown agent",
+        suggestion=None
+        if target.reason != "unknown agent"
+        else next(iter(difflib.get_close_matches(agent, sorted(names), n=1, cutoff=0.6)), None),
+    )
     return web.json_response(body)
+
+
+def known_agents(app: web.Application, view: ClusterView | None) -> set[str]:
+    agents = {a.id for a in app[keys.WATCHER].snapshot.agents}
+    if view is not None:
+        agents.update(a.id for p in view.peers for a in p.agents)
+    return agents
 
 
 @routes.get("/api/cluster/routes")
@@ -66,9 +85,7 @@ async def list_routes(request: web.Request) -> web.Response:
     """Every agent this sidecar knows of and where it sends its requests."""
     app = request.app
     view = current_view(app)
-    agents = {a.id for a in app[keys.WATCHER].snapshot.agents}
-    if view is not None:
-        agents.update(a.id for p in view.peers for a in p.agents)
+    agents = known_agents(app, view)
     agents.discard(DEFAULT_AGENT)
     entries = [describe(app, decide(app, agent, view), view) for agent in sorted(agents)]
     return web.json_response(

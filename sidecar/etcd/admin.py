@@ -35,6 +35,7 @@ class NotWithEtcd(ClusterError):
 _NOT_WITH_ETCD = {
     "join": "nodes join by using the same etcd endpoints and prefix; there is nothing to join",
     "promote": "there are no coordinators; etcd keeps the registry",
+    "replace": "`remove` the old node once its lease ended, and `adopt` its agents to the new one",
 }
 
 

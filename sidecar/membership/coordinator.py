@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from sidecar import keys
+from sidecar.membership.events import RECENT_EVENTS
 from sidecar.membership.view import ClusterView
 from signet_cluster.converter import unstructure
 from signet_cluster.errors import Gone, NodeIdInUse, NotCoordinator, ProtocolMismatch
@@ -163,7 +164,7 @@ def accept_heartbeat(
         log_new_collisions(app)
     app[keys.METRICS].observe_events(events)
     for event in events:
-        _log_event(event)
+        _log_event(app, event)
     reply = full_reply(app, protocol)
     if heartbeat.known_registry == reply.registry:
         reply = HeartbeatReply(
@@ -203,6 +204,11 @@ def log_new_collisions(app: web.Application) -> None:
     state = app[COORDINATOR]
     current = frozenset(app[keys.REGISTRY].routing()[1])
     for collision in sorted(current - state.collisions, key=lambda c: c.agent_id):
+        app[RECENT_EVENTS].record(
+            "collision",
+            f"agent {collision.agent_id} claimed by {', '.join(collision.claimants)}; "
+            f"owner {collision.winner} ({collision.rule})",
+        )
         log.warning(
             "agent_collision",
             agent_id=collision.agent_id,
@@ -218,30 +224,76 @@ def local_view(app: web.Application) -> ClusterView:
     return ClusterView.from_reply(app[keys.IDENTITY].url, reply, app[keys.CLOCK].monotonic())
 
 
-def _log_event(event: RegistryEvent) -> None:
+def _log_event(app: web.Application, event: RegistryEvent) -> None:
+    recent = app[RECENT_EVENTS]
     if event.kind == "went_down":
         log.warning("peer_expired", node_id=event.node_id, age_s=round(event.age_s or 0, 3))
+        recent.record(
+            "down",
+            f"{event.node_id} went down (silent {event.age_s or 0:.1f}s)",
+            event.node_id,
+        )
     elif event.kind == "reaped":
         log.info("peer_reaped", node_id=event.node_id)
+        recent.record("reaped", f"{event.node_id} forgotten after a long silence", event.node_id)
     elif event.kind == "joined_cluster":
         log.info("peer_discovered", node_id=event.node_id)
+        recent.record("discovered", f"{event.node_id} heartbeats here", event.node_id)
     elif event.kind == "came_back":
         log.info("peer_back", node_id=event.node_id)
+        recent.record("back", f"{event.node_id} came back", event.node_id)
     elif event.kind == "roster_changed":
         log.info("peer_roster_changed", node_id=event.node_id)
+
+
+# The state-DB key under which a coordinator keeps the nodes it knows (id -> URL), so that
+# after a restart a node that never comes back is listed as down instead of missing.
+SEEN_NODES_KEY = "seen_nodes"
+SEEN_SAVE_EVERY_S = 5.0
+
+
+async def restore_seen(app: web.Application) -> None:
+    raw = await app[keys.STATE].meta(SEEN_NODES_KEY)
+    try:
+        seen = json.loads(raw) if raw else {}
+    except ValueError:
+        seen = {}
+    if not isinstance(seen, dict):
+        return
+    removed = app[COORDINATOR].removed
+    own = app[keys.IDENTITY].node_id
+    registry = app[keys.REGISTRY]
+    for node_id, url in seen.items():
+        if isinstance(url, str) and node_id not in removed and node_id != own:
+            registry.restore_seen(node_id, url)
+
+
+async def save_seen(app: web.Application, saved: dict[str, str]) -> dict[str, str]:
+    """Persist the registry's node ids and URLs when they changed; returns what is saved."""
+    current = app[keys.REGISTRY].addresses()
+    if current != saved:
+        await app[keys.STATE].set_meta(SEEN_NODES_KEY, json.dumps(current, sort_keys=True))
+    return current
 
 
 async def expiry_loop(app: web.Application) -> None:
     registry: Registry = app[keys.REGISTRY]
     # Check four times per heartbeat interval so a node is marked down soon after its TTL.
     period = app[keys.SETTINGS].heartbeat_interval / 4
+    saved: dict[str, str] | None = None
+    saved_at = 0.0
     while True:
         events = registry.expire()
         if registry.has_claim_changes():  # a reaped node's claims are released
             app[COORDINATOR].claims_dirty.set()
         app[keys.METRICS].observe_events(events)
         for event in events:
-            _log_event(event)
+            _log_event(app, event)
+        if app[keys.IDENTITY].coordinator and time.monotonic() - saved_at >= SEEN_SAVE_EVERY_S:
+            if saved is None:
+                await restore_seen(app)
+            saved = await save_seen(app, saved or {})
+            saved_at = time.monotonic()
         await asyncio.sleep(period)
 
 

@@ -77,10 +77,15 @@ async def send_heartbeat(app: web.Application, url: str) -> None:
     answer = response.body if isinstance(response.body, dict) else {}
     error, code = answer.get("error"), answer.get("code")
     if response.status == 410:
-        log.warning("removed_by_coordinator", coordinator=url)
+        log.warning(
+            "removed_by_coordinator",
+            coordinator=url,
+            hint="this node is out of the cluster; `signet-cluster join` adds it back",
+        )
         metrics.heartbeats_failed.labels(coordinator=url, reason="removed").inc()
         membership.record_failure(url, "this node was removed from the cluster by the coordinator")
         await membership.remove((url,))
+        await membership.mark_removed(url)
         return
     if response.status == 409 and code != "node_id_in_use":
         _failure(app, url, f"protocol mismatch: {error}", "protocol_mismatch")

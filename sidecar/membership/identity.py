@@ -1,9 +1,11 @@
-"""Who this sidecar is: stable node id (state DB or config), a fresh instance id per start,
-and the heartbeat sequence counter."""
+"""Who this sidecar is: stable node id (config, else state DB, else the host name), a fresh
+instance id per start, and the heartbeat sequence counter."""
 
 from __future__ import annotations
 
 import itertools
+import re
+import socket
 import uuid
 
 import attrs
@@ -11,6 +13,19 @@ import attrs
 from signet_cluster import __version__
 from signet_cluster.daemon.probe import DaemonSnapshot
 from signet_cluster.protocol import NodeInfo, ProtocolRange
+
+
+def default_node_id(hostname: str | None = None) -> str:
+    """The id a new node takes when none is configured: its short host name, made a valid
+    node id. A host keeps its id across a new state dir (foreground `serve` vs the unit),
+    so a restart never turns it into a second node; two hosts with one name are refused by
+    the coordinator (409 node_id_in_use) and must set `node_id`. Falls back to a random id
+    when the host has no usable name."""
+    name = (hostname if hostname is not None else socket.gethostname()).split(".", 1)[0]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip().lower()).strip("-._")[:64]
+    if not cleaned or cleaned in ("localhost", "localhost-localdomain"):
+        return "node-" + uuid.uuid4().hex[:12]
+    return cleaned
 
 
 @attrs.define(kw_only=True)

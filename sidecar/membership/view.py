@@ -102,9 +102,21 @@ class Membership:
         # Failsafe: node id -> alive, from this sidecar's own probes while no coordinator
         # answers (sidecar.membership.failsafe). Empty whenever a coordinator is reachable.
         self.direct: dict[str, bool] = {}
+        # Who removed this node from the cluster (a coordinator URL), kept in the state DB
+        # until `join` adds it back: a removed node is not ready (/readyz) and says why.
+        self.removed_by: str | None = None
 
     async def load(self) -> None:
         self.persisted = await self.state.coordinators()
+        self.removed_by = await self.state.meta("removed_by") or None
+
+    async def mark_removed(self, by: str) -> bool:
+        """Record that a coordinator removed this node; True when that is news."""
+        if self.removed_by == by:
+            return False
+        self.removed_by = by
+        await self.state.set_meta("removed_by", by)
+        return True
 
     def targets(self) -> list[str]:
         urls = dict.fromkeys([*self.configured, *self.persisted])
@@ -118,10 +130,15 @@ class Membership:
     def contact(self, url: str) -> CoordinatorContact:
         return self.contacts.setdefault(url, CoordinatorContact(url=url))
 
-    async def add(self, urls: tuple[str, ...]) -> list[str]:
+    async def add(self, urls: tuple[str, ...], *, rejoin: bool = False) -> list[str]:
+        """Heartbeat to these coordinators too; `rejoin` (a join addressed to this node)
+        also clears the removal mark."""
         clean = tuple(u.rstrip("/") for u in urls)
         for url in clean:
             self.contact(url).removed = False
+        if rejoin and self.removed_by is not None:
+            self.removed_by = None
+            await self.state.set_meta("removed_by", "")
         if not set(clean) <= set(self.persisted):
             self.persisted = await self.state.update_coordinators(clean, ())
         return self.targets()

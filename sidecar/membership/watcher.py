@@ -37,14 +37,23 @@ class DaemonWatcher:
         self._lock = asyncio.Lock()
 
     def _publish(self, new: DaemonSnapshot) -> None:
+        first = not self.checked
         old, self.snapshot, self.checked = self.snapshot, new, True
-        if (old.healthy, old.flavor, old.version) != (new.healthy, new.flavor, new.version):
-            log.info(
+        if first or (old.healthy, old.flavor, old.version) != (
+            new.healthy,
+            new.flavor,
+            new.version,
+        ):
+            # The first reading is always logged (a daemon unreachable at start is said at
+            # once); a daemon that is or becomes unhealthy needs an operator: warning.
+            event = log.info if new.healthy else log.warning
+            event(
                 "daemon_state",
                 healthy=new.healthy,
                 flavor=new.flavor,
                 version=new.version,
                 error=new.error,
+                url=self.adapter.base_url if not new.healthy else None,
             )
             if old.healthy != new.healthy:
                 self.changed.set()

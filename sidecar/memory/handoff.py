@@ -82,6 +82,7 @@ async def refresh_summary(app: web.Application) -> SpoolSummary:
         # Whole seconds: the value must not wobble between heartbeats.
         oldest_at=float(int(oldest_at)) if oldest_at is not None else None,
         dead_letters=stats.dead_letters,
+        owners=tuple(sorted(stats.by_owner)),
     )
     app[SPOOL_SUMMARY][:] = [summary]
     return summary

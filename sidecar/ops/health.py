@@ -46,11 +46,18 @@ def readiness(app: web.Application) -> tuple[bool, str]:
     if identity.coordinator:
         return True, "ready"
     if not targets:
+        if membership.removed_by is not None:
+            # Out of the cluster by an operator's decision: its agents are not routed here
+            # any more, so a load balancer or unit check must not count it as serving.
+            return False, (
+                f"removed from the cluster (by {membership.removed_by}); "
+                "`signet-cluster join HOST:PORT` adds it back"
+            )
         stopped = membership.told_to_stop()
         if stopped:
-            return True, (
-                "ready (standalone: this node was removed from the cluster by "
-                f"{', '.join(stopped)}; `signet-cluster join HOST:PORT` adds it back)"
+            return False, (
+                "removed from the cluster by "
+                f"{', '.join(stopped)}; `signet-cluster join HOST:PORT` adds it back"
             )
         return True, "ready (standalone: no coordinator configured)"
     contacts = [membership.contact(u) for u in targets]

@@ -25,6 +25,7 @@ from signet_cluster.protocol import (
     Heartbeat,
     JoinRequest,
     PromoteRequest,
+    ReplaceRequest,
 )
 from signet_cluster.security.signing import (
     KEY_HEADER,
@@ -149,6 +150,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "Settle an agent claimed by several nodes.",
         "admin",
         AdoptRequest,
+    ),
+    Operation(
+        "post",
+        "/api/cluster/adopt/preview",
+        "What adopt would change (owner, effective read policy), changing nothing.",
+        "admin",
+        AdoptRequest,
+    ),
+    Operation(
+        "post",
+        "/api/cluster/replace",
+        "A node that came back under a new id takes the old id's membership and adoptions.",
+        "admin",
+        ReplaceRequest,
     ),
     Operation(
         "post",

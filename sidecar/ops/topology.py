@@ -5,7 +5,9 @@ age, and their agents by read policy; groups; collisions; problems; the spool.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from html import escape
 from importlib import resources
 from typing import Any
 
@@ -35,12 +37,19 @@ def topology(status: Mapping[str, Any], *, refresh_s: float, generated_at: float
     """The page's document, derived from a status document (any sidecar's)."""
     collisions = list(status.get("collisions", []))
     contested = {c["agent_id"]: c for c in collisions}
+    # Where requests for each agent go now: an agent without a route to this node (its
+    # owner is down, or another node owns it) is not reachable here.
+    routed = {r["agent_id"]: r["node_id"] for r in status.get("routes", [])}
+    standalone = (status.get("view") or {}).get("source") == "standalone"
     groups: dict[str, list[dict[str, str]]] = {}
     nodes = []
     for node in status.get("nodes", []):
         agents = []
         for agent in node.get("agents", []):
             collision = contested.get(agent["id"])
+            routable = (
+                agent["id"] == "default" or standalone or routed.get(agent["id"]) == node["node_id"]
+            )
             agents.append(
                 {
                     "id": agent["id"],
@@ -48,6 +57,7 @@ def topology(status: Mapping[str, Any], *, refresh_s: float, generated_at: float
                     "policy_group": agent.get("policy_group"),
                     "collision": collision is not None,
                     "owner": collision is None or collision["winner"] == node["node_id"],
+                    "routable": routable,
                 }
             )
             if agent.get("policy_group"):
@@ -92,6 +102,7 @@ def topology(status: Mapping[str, Any], *, refresh_s: float, generated_at: float
         "collisions": collisions,
         "problems": cluster_problems(status),
         "coordinator_errors": list(status.get("coordinator_errors", [])),
+        "events": list(status.get("events") or [])[-20:][::-1],  # newest first
     }
 
 
@@ -105,6 +116,7 @@ def _node_spool(spool: Any, now: float) -> dict[str, Any] | None:
         "bytes": spool.get("bytes", 0),
         "dead_letters": spool.get("dead_letters", 0),
         "oldest_age_s": round(max(0.0, now - oldest), 1) if oldest else None,
+        "owners": list(spool.get("owners") or []),
     }
 
 
@@ -122,9 +134,15 @@ async def topology_json(request: web.Request) -> web.Response:
 
 
 @routes.get("/cluster")
-async def page(_request: web.Request) -> web.Response:
+async def page(request: web.Request) -> web.Response:
+    """The page with its first paint rendered here (a plain screenshot or a browser without
+    JavaScript shows the cluster); the script then keeps it current."""
+    app = request.app
+    doc = topology(
+        await freshest_status(app), refresh_s=MAX_REFRESH_S, generated_at=app[keys.CLOCK].time()
+    )
     return web.Response(
-        body=_asset("cluster.html"),
+        body=render_page(_asset("cluster.html").decode(), doc).encode(),
         content_type="text/html",
         charset="utf-8",
         headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"},
@@ -142,3 +160,182 @@ async def asset(request: web.Request) -> web.Response:
         charset="utf-8",
         headers={"Cache-Control": "no-cache"},
     )
+
+
+# -- the first paint: the same markup cluster.js builds, as text ---------------------------
+POLICIES = ("isolated", "shared", "group")
+
+
+def _attrs(values: Mapping[str, Any]) -> str:
+    return "".join(
+        f' {name}="{escape(str(value))}"' for name, value in values.items() if value is not None
+    )
+
+
+def _tag(name: str, attributes: Mapping[str, Any], *children: str) -> str:
+    return f"<{name}{_attrs(attributes)}>{''.join(children)}</{name}>"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return f"{seconds:.1f} s ago" if seconds < 60 else f"{round(seconds / 60)} min ago"
+
+
+def spool_text(spool: Mapping[str, Any] | None) -> str:
+    if not spool:
+        return "none"
+    dead = spool.get("dead_letters") or 0
+    if not spool.get("depth"):
+        return f"empty · {dead} dead letters" if dead else "empty"
+    oldest = spool.get("oldest_age_s")
+    age = ""
+    if oldest is not None:
+        age = f", oldest {oldest:.0f} s" if oldest < 60 else f", oldest {round(oldest / 60)} min"
+    owners = spool.get("owners") or []
+    target = f" for {', '.join(owners)}" if owners else ""
+    return f"{spool['depth']} waiting{target}{age}" + (f" · {dead} dead letters" if dead else "")
+
+
+def _chip(agent: Mapping[str, Any]) -> str:
+    policy = (
+        "default"
+        if agent["id"] == "default"
+        else (agent["read_policy"] if agent.get("read_policy") in POLICIES else "isolated")
+    )
+    group = agent.get("policy_group")
+    label = f"{agent['id']} · {group}" if group else agent["id"]
+    title = "default: node-local, shared" if policy == "default" else policy
+    if group:
+        title += f" (group {group})"
+    if agent.get("collision"):
+        title += (
+            "; claimed twice, owner here"
+            if agent.get("owner")
+            else "; claimed twice, owned elsewhere"
+        )
+    if not agent.get("routable", True):
+        title += "; not routable: no request reaches it here"
+    classes = ["chip", f"policy-{policy}"]
+    if agent.get("collision"):
+        classes.append("collision")
+    if not agent.get("owner", True):
+        classes.append("not-owner")
+    if not agent.get("routable", True):
+        classes.append("unroutable")
+    return _tag(
+        "span",
+        {
+            "class": " ".join(classes),
+            "title": title,
+            "data-agent": agent["id"],
+            "data-policy": policy,
+            "data-group": group,
+            "data-collision": "yes" if agent.get("collision") else None,
+            "data-routable": None if agent.get("routable", True) else "no",
+        },
+        escape(label),
+    )
+
+
+def _node_card(node: Mapping[str, Any]) -> str:
+    alive = node.get("state") == "alive"
+    daemon = node.get("daemon") or {}
+    health = "unknown" if not alive else ("healthy" if daemon.get("healthy") else "unhealthy")
+    daemon_text = (
+        f"{daemon.get('flavor') or '?'} {daemon.get('version') or '?'} · "
+        + (health if alive else "unknown (node down)")
+        + (f": {daemon['error']}" if alive and daemon.get("error") else "")
+    )
+    badges = [
+        _tag(
+            "span",
+            {"class": f"badge state-{'alive' if alive else 'down'}"},
+            escape(str(node.get("state"))),
+        ),
+        _tag(
+            "span", {"class": "badge membership"}, "member" if node.get("joined") else "discovered"
+        ),
+    ]
+    if node.get("coordinator"):
+        badges.append(_tag("span", {"class": "badge coordinator"}, "coordinator"))
+    rows = [
+        ("url", None, node.get("url") or "?"),
+        ("daemon", "daemon", daemon_text),
+        ("heartbeat", "heartbeat", _age(node.get("heartbeat_age_s"))),
+        (
+            "sidecar",
+            None,
+            f"{node.get('sidecar_version') or '?'} · protocol {node.get('protocol') or '?'}",
+        ),
+        ("spool", "spool", spool_text(node.get("spool"))),
+    ]
+    details = "".join(
+        _tag("dt", {}, name) + _tag("dd", {"data-field": field}, escape(str(text)))
+        for name, field, text in rows
+    )
+    return _tag(
+        "article",
+        {
+            "class": "node",
+            "data-node-id": node["node_id"],
+            "data-state": node.get("state"),
+            "data-health": health,
+        },
+        _tag("h3", {}, escape(node["node_id"]), *badges),
+        _tag("dl", {}, details),
+        _tag("div", {"class": "agents"}, *(_chip(a) for a in node.get("agents", []))),
+    )
+
+
+def _items(texts: list[str]) -> str:
+    if not texts:
+        return _tag("li", {"class": "none"}, "none")
+    return "".join(_tag("li", {}, escape(t)) for t in texts)
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.gmtime(float(event.get("at") or 0)))
+    return f"{stamp} UTC  {event.get('text')}"
+
+
+def render_page(template: str, doc: Mapping[str, Any]) -> str:
+    """Fill the page's empty sections with the current state (escaped text only)."""
+    problems = doc["problems"]
+    degraded = bool(problems)
+    fills = {
+        "overall": "degraded" if degraded else "healthy",
+        "overall_text": f"degraded ({len(problems)})" if degraded else "healthy",
+        "meta": (
+            f"{len(doc['nodes'])} nodes · {doc['routes']} routes · answered by "
+            f"{doc['answered_by']} · TTL {doc['ttl_s']} s"
+        ),
+        "problems": _items([*problems, *(f"coordinator: {e}" for e in doc["coordinator_errors"])]),
+        "nodes": "".join(_node_card(n) for n in doc["nodes"]),
+        "events": _items([event_text(e) for e in doc.get("events", [])]),
+        "groups": _items(
+            [
+                f"{name}: " + ", ".join(f"{m['agent_id']}@{m['node_id']}" for m in members)
+                for name, members in doc["groups"].items()
+            ]
+        ),
+        "collisions": _items(
+            [
+                f"{c['agent_id']}: claimed by {', '.join(c['claimants'])}; owner {c['winner']} ({c['rule']})"
+                for c in doc["collisions"]
+            ]
+        ),
+        "spool": _items(
+            [
+                f"{n['node_id']}: {spool_text(n['spool'])}"
+                for n in doc["nodes"]
+                if n.get("spool") and (n["spool"].get("depth") or n["spool"].get("dead_letters"))
+            ]
+        ),
+    }
+    page = template
+    for name, value in fills.items():
+        # Attribute values are escaped plain text; section bodies are markup built above.
+        text = escape(value) if name in ("overall", "overall_text", "meta") else value
+        page = page.replace("{{" + name + "}}", text)
+    return page

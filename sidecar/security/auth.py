@@ -45,6 +45,7 @@ from yarl import URL
 
 from sidecar.keys import AUTH, IDENTITY, METRICS
 from sidecar.membership.peers import HOP_HEADER, PeerResponse
+from sidecar.membership.refusals import REFUSALS
 from signet_cluster.clock import Clock, SystemClock
 from signet_cluster.daemon.roster import load_manifest
 from signet_cluster.errors import ConfigError, Forbidden
@@ -393,11 +394,18 @@ def _refused(
     """Count, log and answer one refused request (never a secret in the log)."""
     app = request.app
     app[AUTH].refused += 1
-    log.warning("request_refused", reason=reason, path=request.path, **context)
+    app[METRICS].requests_refused.labels(reason=reason).inc()
+    fresh = True
     if request.path == HEARTBEAT_PATH:
         # Refused before the handler runs, so counted here (README: Metrics).
         outcome = "unauthorized" if status == 401 else "forbidden"
         app[METRICS].heartbeats_received.labels(outcome=outcome).inc()
+        # A host with the wrong key retries every second: status shows it as a problem,
+        # and the log says it once per sender and reason, not every beat.
+        sender = str(context.get("node") or context.get("signed_as") or context.get("peer"))
+        fresh = app[REFUSALS].record(sender, f"{outcome}:{reason}", message)
+    if fresh:
+        log.warning("request_refused", reason=reason, path=request.path, **context)
     return refuse(status, reason, message)
 
 

@@ -40,9 +40,12 @@
     let title = policy === "default" ? "default: node-local, shared" : policy;
     if (agent.policy_group) title += ` (group ${agent.policy_group})`;
     if (agent.collision) title += agent.owner ? "; claimed twice, owner here" : "; claimed twice, owned elsewhere";
+    const routable = agent.routable !== false;
+    if (!routable) title += "; not routable: no request reaches it here";
     const classes = ["chip", `policy-${policy}`];
     if (agent.collision) classes.push("collision");
     if (!agent.owner) classes.push("not-owner");
+    if (!routable) classes.push("unroutable");
     return el(
       "span",
       {
@@ -52,6 +55,7 @@
         "data-policy": policy,
         "data-group": agent.policy_group,
         "data-collision": agent.collision ? "yes" : null,
+        "data-routable": routable ? null : "no",
       },
       label,
     );
@@ -62,7 +66,8 @@
     if (!spool.depth) return spool.dead_letters ? `empty · ${spool.dead_letters} dead letters` : "empty";
     const age = spool.oldest_age_s === null || spool.oldest_age_s === undefined ? "" : `, oldest ${spoolAge(spool.oldest_age_s)}`;
     const dead = spool.dead_letters ? ` · ${spool.dead_letters} dead letters` : "";
-    return `${spool.depth} waiting${age}${dead}`;
+    const owners = spool.owners && spool.owners.length ? ` for ${spool.owners.join(", ")}` : "";
+    return `${spool.depth} waiting${owners}${age}${dead}`;
   }
 
   function spoolAge(seconds) {
@@ -84,6 +89,7 @@
         {},
         node.node_id,
         el("span", { class: `badge state-${alive ? "alive" : "down"}` }, node.state),
+        el("span", { class: "badge membership" }, node.joined ? "member" : "discovered"),
         node.coordinator ? el("span", { class: "badge coordinator" }, "coordinator") : null,
       ),
       el(
@@ -123,6 +129,12 @@
       `TTL ${doc.ttl_s} s · updated ${new Date(doc.generated_at * 1000).toLocaleTimeString()}`;
     byId("nodes").replaceChildren(...doc.nodes.map(nodeCard));
     list("problems", [...doc.problems, ...doc.coordinator_errors.map((e) => `coordinator: ${e}`)]);
+    list(
+      "events",
+      (doc.events || []).map(
+        (e) => `${new Date(e.at * 1000).toISOString().slice(11, 19)} UTC  ${e.text}`,
+      ),
+    );
     list(
       "groups",
       Object.entries(doc.groups).map(
