@@ -51,7 +51,8 @@ class ClusterGroup(click.Group):
 
 def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
     """Move the group's own options found after the subcommand name to the front. A
-    subcommand option of the same name keeps it (none does today); `--` ends the scan."""
+    subcommand (or nested subcommand, e.g. `keyring install --secret-file`) option of the
+    same name keeps it; `--` ends the scan."""
     takes_value: dict[str, bool] = {}
     for param in group.params:
         if isinstance(param, click.Option):
@@ -62,16 +63,20 @@ def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
     rest: list[str] = []
     index = 0
     seen_command = False
+    current: click.Command | None = group
     while index < len(args):
         arg = args[index]
         if arg == "--":
             rest.extend(args[index:])
             break
-        if not seen_command and not arg.startswith("-"):
+        if not arg.startswith("-") and isinstance(current, click.Group) and (
+            not seen_command or arg in current.commands
+        ):
             seen_command = True
-            command = group.commands.get(arg)
+            command = current.commands.get(arg)
             own = {o for p in (command.params if command else []) for o in getattr(p, "opts", [])}
             takes_value = {k: v for k, v in takes_value.items() if k not in own}
+            current = command
             rest.append(arg)
         elif seen_command and arg.split("=", 1)[0] in takes_value:
             name = arg.split("=", 1)[0]

@@ -9,7 +9,7 @@ from typing import Any
 from .cluster_helpers import Cluster, Node
 from .routing_helpers import ALICE, BOB, DAVE, ERIN, FRANK, client, wait_routes
 
-FANOUT = {"fanout_node_timeout": 2.0, "fanout_deadline": 3.0}
+FANOUT = {"fanout_ceiling": 3.0}
 
 
 def _about(entity: str, content: str, **extra: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ async def test_process_and_state_families(cluster: Cluster) -> None:
     assert value(m, "signet_cluster_spool_bytes") == 0.0
     assert value(m, "signet_cluster_spool_dead_letters") == 0.0
     # A node whose fan-out calls keep failing: its breaker shows open.
-    breakers = a.app[keys.PROXY].breakers
+    breakers = a.app[keys.FEDERATION].breakers
     now = a.app[keys.CLOCK].monotonic()
     for _ in range(breakers.threshold):
         breakers.record("gone", ok=False, now=now)

@@ -15,7 +15,7 @@ __all__ = ["real_daemons"]  # the fixture, used by name
 pytestmark = needs_real_signet
 
 AGENTS = sorted({a for _, roster in LAYOUT.values() for a, _ in roster})
-FANOUT = {"fanout_node_timeout": 3.0, "fanout_deadline": 4.0, "forward_timeout": 10.0}
+FANOUT = {"fanout_ceiling": 4.0, "forward_timeout": 10.0}
 
 
 async def _formed(cluster: Cluster, daemons: dict[str, RealDaemon]) -> dict[str, Node]:
