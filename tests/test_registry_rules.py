@@ -2,7 +2,9 @@
 what bumps the version, when a discovered node is reaped, what an operator's removal does,
 and what an unchanged heartbeat keeps. Driven by a manual clock.
 
-The collision rule (which claimant owns an agent) is left to tests/test_registry.py."""
+The collision rule (issue 12: the claim the registry saw first owns an agent, whatever the
+heartbeat says about itself) is pinned here by one rule; its other cases (adoption, down
+claimants, restarts) are in tests/test_registry.py."""
 
 from __future__ import annotations
 
@@ -196,10 +198,16 @@ def test_adoptions_change_the_version_only_when_they_change() -> None:
 
 
 def test_the_peer_view_shows_the_last_heartbeat() -> None:
-    """Rule: a peer's view carries what its last heartbeat said and how long ago it came."""
+    """Rule: a peer's view carries what its last heartbeat said and how long ago it came;
+    (issue 12) it is shown as a coordinator only when that heartbeat came with a coordinator
+    credential, and gaining or losing that proof bumps the version."""
     reg, clock = _registry()
     beat = attrs.evolve(hb("a", [agent("alice")], seq=7), coordinator=True)
     reg.apply_heartbeat(beat, 1)
+    assert reg.peers()[0].coordinator is False
+    version = reg.version
+    reg.apply_heartbeat(beat, 1, coordinator_proven=True)
+    assert reg.version > version
     clock.advance(1.5)
     (peer,) = reg.peers()
     assert peer.state == "alive" and peer.joined is False
@@ -329,3 +337,18 @@ def test_find_accepts_trailing_slashes_bare_hosts_and_ipv6() -> None:
     assert reg.matches("10.0.0.5") == ["s"]
     # A needle is one URL: a host buried in garbage does not name a node.
     assert reg.matches("http://junk://10.0.0.5:3860") == []
+
+
+def test_the_first_claim_the_registry_saw_owns_the_agent() -> None:
+    """Rule (issue 12, replacing the created_at rule): when two nodes claim an agent, the
+    one whose claim this registry saw first owns it, even when the later claimant says its
+    agent was created earlier or has the smaller node id; the later one is a collision."""
+    reg, clock = _registry()
+    reg.apply_heartbeat(hb("zz", [agent("g", created="2026-02-01T00:00:00Z")]), 1)
+    clock.advance(1.0)
+    reg.apply_heartbeat(hb("aa", [agent("g", created="2020-01-01T00:00:00Z")]), 1)
+    routes, collisions = reg.routing()
+    assert [(r.agent_id, r.node_id) for r in routes] == [("g", "zz")]
+    assert collisions == (
+        Collision(agent_id="g", winner="zz", claimants=("aa", "zz"), rule="first_claim"),
+    )
