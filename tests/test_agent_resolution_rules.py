@@ -11,8 +11,10 @@ import pytest
 
 from signet_cluster.daemon.agent_resolution import (
     DEFAULT_AGENT,
+    EXPAND_PATH,
     Resolved,
     RouteKind,
+    daemon_honours_agent,
     resolve_agent,
     session_agent,
 )
@@ -217,3 +219,17 @@ def test_which_routes_are_ownership_checked_and_which_fan_out() -> None:
     }
     lists = {k for k in READS if k.is_list_read}
     assert lists == {RouteKind.RECALL, RouteKind.SEARCH, RouteKind.LEGACY_SEARCH}
+
+
+@pytest.mark.parametrize("flavor", ["ts", "legacy", "rust"])
+def test_only_ts_expand_ignores_the_agent_it_names(flavor: str) -> None:
+    """Rule (contract section 3): a TS or legacy daemon's POST /api/knowledge/expand acts as
+    the token's agent whatever the body names; /api/knowledge/expand/session, every other
+    route, and every route on Rust act as the agent named."""
+    assert daemon_honours_agent(RouteKind.EXPAND, EXPAND_PATH, flavor) is (flavor == "rust")
+    assert EXPAND_PATH == "/api/knowledge/expand"
+    assert daemon_honours_agent(RouteKind.EXPAND, EXPAND_PATH + "/session", flavor) is True
+    for kind in RouteKind:
+        if kind is not RouteKind.EXPAND:
+            assert daemon_honours_agent(kind, EXPAND_PATH, flavor) is True
+            assert daemon_honours_agent(kind, "/api/memory/recall", flavor) is True

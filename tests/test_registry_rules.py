@@ -352,3 +352,105 @@ def test_the_first_claim_the_registry_saw_owns_the_agent() -> None:
     assert collisions == (
         Collision(agent_id="g", winner="zz", claimants=("aa", "zz"), rule="first_claim"),
     )
+
+
+WALL = 1_800_000_000.0  # ManualClock's wall time at the start
+
+
+def test_claims_are_stamped_with_the_wall_clock_and_kept_in_order() -> None:
+    """Rule (issue 12): the registry stamps each new claim with the wall clock; claims seen
+    in one instant are still ordered, one millisecond apart (never pushed further ahead of
+    the clock); each is reported once by take_claim_changes for the state DB."""
+    reg, _clock = _registry()
+    assert reg.has_claim_changes() is False
+    reg.apply_heartbeat(hb("a", [agent("alice"), agent("default")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("alice"), agent("bob")]), 1)
+    assert reg.claims() == {
+        "alice": {"a": WALL, "b": pytest.approx(WALL + 0.001)},
+        "bob": {"b": pytest.approx(WALL + 0.002)},
+    }
+    assert reg.has_claim_changes() is True
+    changes = reg.take_claim_changes()
+    assert changes == {
+        ("alice", "a"): WALL,
+        ("alice", "b"): pytest.approx(WALL + 0.001),
+        ("bob", "b"): pytest.approx(WALL + 0.002),
+    }
+    assert reg.has_claim_changes() is False and reg.take_claim_changes() == {}
+
+
+def test_a_roster_without_an_agent_releases_only_that_claim() -> None:
+    """Rule: a heartbeat is the node's whole roster: an agent it no longer lists is released
+    (reported as None), other nodes' claims on it stay, and an agent nobody claims any more
+    leaves the claims."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("g"), agent("solo")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.take_claim_changes()
+    reg.apply_heartbeat(hb("a", [], seq=2), 1)
+    assert reg.claims() == {"g": {"b": pytest.approx(WALL + 0.002)}}
+    assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
+
+
+@pytest.mark.parametrize("how", ["remove", "reap"])
+def test_a_node_that_leaves_releases_its_claims(how: str) -> None:
+    """Rule: a removed or reaped node's claims are released (reported as None), so it takes
+    no agent with it when it comes back later; other claimants keep theirs."""
+    reg, clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("g"), agent("solo")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.take_claim_changes()
+    if how == "remove":
+        reg.remove("a")
+    else:
+        clock.advance(TTL + 1)
+        reg.apply_heartbeat(hb("b", [agent("g")], seq=2), 1)
+        reg.expire()
+        clock.advance(REAP_AFTER + 1)
+        reg.apply_heartbeat(hb("b", [agent("g")], seq=3), 1)
+        reg.expire()
+        assert "a" not in reg
+    assert reg.claims() == {"g": {"b": pytest.approx(WALL + 0.002)}}
+    assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
+
+
+def test_stored_claims_are_mirrored_with_the_changes_not_stored_yet() -> None:
+    """Rule: set_claims takes the stored (and replicated) claims, drops agents nobody holds,
+    and lays the changes seen here but not stored yet on top: a release removes the claim,
+    a claim keeps the earlier of the two stamps. Only a real change bumps the version, and a
+    new claim is stamped after every stored one."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("x")]), 1)
+    reg.apply_heartbeat(hb("a", [agent("y")], seq=2), 1)  # x released, y claimed, unstored
+    stored = {
+        "x": {"a": WALL - 50, "b": WALL - 40},
+        "y": {"a": WALL + 30},
+        "z": {"c": WALL + 100},
+        "empty": {},
+    }
+    version = reg.version
+    reg.set_claims(stored)
+    assert reg.claims() == {
+        "x": {"b": WALL - 40},
+        "y": {"a": pytest.approx(WALL + 0.001)},
+        "z": {"c": WALL + 100},
+    }
+    assert reg.version > version
+    version = reg.version
+    reg.set_claims(stored)
+    assert reg.version == version
+    reg.set_claims({"y": {"a": WALL - 5}})
+    assert reg.claims()["y"] == {"a": WALL - 5}
+    reg.apply_heartbeat(hb("d", [agent("w")]), 1)
+    assert reg.claims()["w"]["d"] == pytest.approx(WALL + 100.001)
+
+
+def test_a_stored_claim_at_time_zero_is_still_the_first() -> None:
+    """Rule: claims are ordered by their stamp (a stamp of 0.0 included, before any later
+    one); a claimant with no recorded claim comes after every recorded one."""
+    reg, _clock = _registry()
+    reg.set_claims({"g": {"b": 0.0, "a": 0.5}})
+    reg.apply_heartbeat(hb("a", [agent("g")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.set_claims({"g": {"b": 0.0, "a": 0.5}})
+    assert [(r.agent_id, r.node_id) for r in reg.routing()[0]] == [("g", "b")]

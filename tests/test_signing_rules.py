@@ -28,6 +28,9 @@ from signet_cluster.security.signing import (
     KEY_HEADER,
     NODE_HEADER,
     NONCE_HEADER,
+    REPLY_KEY_HEADER,
+    REPLY_NODE_HEADER,
+    REPLY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     TS_HEADER,
     AuthFailure,
@@ -41,6 +44,7 @@ from signet_cluster.security.signing import (
     mac,
     reply_canonical,
     sign_reply,
+    verify_reply,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "signing.md"
@@ -582,6 +586,172 @@ def test_malformed_headers_are_each_named() -> None:
         "x-signet-cluster-node is not a node id; x-signet-cluster-ts must be Unix time in "
         "milliseconds; x-signet-cluster-signature must be 43 characters of base64url",
     )
+
+
+def test_several_values_of_one_header_are_signed_in_order() -> None:
+    """Rule: several values of one signed header are joined with `,` in the order sent,
+    each stripped, under the lower-cased name."""
+    message = canonical(
+        method="GET",
+        host="h",
+        path_qs="/",
+        ts_ms=1,
+        nonce="n",
+        node_id="a",
+        key_id="k",
+        headers=[("X-Signet-Extra", " 1"), ("x-signet-extra", "2 "), ("Accept", "x")],
+        body_digest="d",
+    )
+    assert message == b"signet-cluster-v2\nGET\nh\n/\n1\nn\na\nk\nx-signet-extra:1,2\nd"
+
+
+def test_a_request_signed_before_the_start_says_so_exactly() -> None:
+    """Rule: a request at or before the start floor is refused as `signed_before_start`
+    with a message that says why and what to do."""
+    cache = ReplayCache(10, 10_000, floor_ms=5_000)
+    with pytest.raises(AuthFailure) as info:
+        cache.check("n", 5_000, 6_000)
+    assert (info.value.reason, info.value.message) == (
+        "signed_before_start",
+        "this request was signed before this sidecar started, so it cannot tell whether it "
+        "was already accepted (a replay after a restart); resend it with a fresh signature",
+    )
+
+
+# -- heartbeat replies ---------------------------------------------------------------------
+REPLY_NONCE = "r" * 22
+COORDINATOR = kat_role_key()
+
+
+def _reply(
+    *, role_key: RoleKey | None = None, keyring: Keyring | None = None, status: int = 200
+) -> dict[str, str]:
+    return sign_reply(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        status=status,
+        body_digest=_sha256_hex(b"{}"),
+        role_key=role_key,
+        keyring=keyring,
+    )
+
+
+def _check_reply(
+    headers: dict[str, str],
+    *,
+    role: str = "coordinator",
+    need_coordinator_key: bool = False,
+    keyring: Keyring | None = RING,
+    nonce: str = REPLY_NONCE,
+    status: int = 200,
+    body: bytes = b"{}",
+) -> str:
+    role_keys: dict[str, Any] = {COORDINATOR.id: (role, COORDINATOR.private.public_key())}
+    return verify_reply(
+        headers,
+        request_nonce=nonce,
+        status=status,
+        body=body,
+        keyring=keyring,
+        role_keys=role_keys,
+        need_coordinator_key=need_coordinator_key,
+    )
+
+
+def test_a_reply_is_signed_with_the_coordinator_key_first() -> None:
+    """Rule: a reply is signed with the coordinator key when the node has one (even with a
+    cluster key too), else with the primary cluster key, else not at all; the headers name
+    the answering node and the key."""
+    assert _reply() == {}
+    with_role = _reply(role_key=COORDINATOR, keyring=RING)
+    assert with_role == _reply(role_key=COORDINATOR)
+    assert with_role[REPLY_NODE_HEADER] == "node-b"
+    assert with_role[REPLY_KEY_HEADER] == COORDINATOR.id
+    message = reply_canonical(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        key_id=COORDINATOR.id,
+        status=200,
+        body_digest=_sha256_hex(b"{}"),
+    )
+    assert with_role[REPLY_SIGNATURE_HEADER] == COORDINATOR.sign(message)
+    with_cluster_key = _reply(keyring=RING)
+    assert with_cluster_key[REPLY_KEY_HEADER] == "k1"
+    assert with_cluster_key[REPLY_NODE_HEADER] == "node-b"
+    message = reply_canonical(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        key_id="k1",
+        status=200,
+        body_digest=_sha256_hex(b"{}"),
+    )
+    assert with_cluster_key[REPLY_SIGNATURE_HEADER] == mac(KEY.secret, message)
+
+
+def test_a_reply_verifies_only_for_its_request_status_and_body() -> None:
+    """Rule: a signed reply names its signer; the same headers do not verify for another
+    request's nonce, another status or another body (`bad_reply_signature`)."""
+    for headers in (_reply(role_key=COORDINATOR), _reply(keyring=RING)):
+        assert _check_reply(headers) == "node-b"
+        for change in ({"nonce": "q" * 22}, {"status": 201}, {"body": b"{ }"}):
+            with pytest.raises(AuthFailure) as info:
+                _check_reply(headers, **change)  # type: ignore[arg-type]
+            assert (info.value.reason, info.value.message) == (
+                "bad_reply_signature",
+                "the reply's signature does not verify",
+            )
+
+
+@pytest.mark.parametrize("missing", [REPLY_NODE_HEADER, REPLY_KEY_HEADER, REPLY_SIGNATURE_HEADER])
+def test_a_reply_without_its_signature_headers_is_unsigned(missing: str) -> None:
+    """Rule: a reply missing any of its three headers (or with one empty) is `unsigned_reply`."""
+    for value in (None, ""):
+        headers = _reply(role_key=COORDINATOR)
+        if value is None:
+            del headers[missing]
+        else:
+            headers[missing] = value
+        with pytest.raises(AuthFailure) as info:
+            _check_reply(headers)
+        assert (info.value.reason, info.value.message) == (
+            "unsigned_reply",
+            "the reply is not signed by a coordinator",
+        )
+
+
+def test_where_coordinator_keys_are_needed_a_cluster_key_reply_is_refused() -> None:
+    """Rule: with coordinator keys configured, a reply signed with the cluster key (or with
+    a key that is no role key) is refused as `unsigned_reply` naming the key, even when the
+    signature is good; without them, the cluster key is enough."""
+    headers = _reply(keyring=RING)
+    assert _check_reply(headers, need_coordinator_key=False) == "node-b"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, need_coordinator_key=True)
+    assert (info.value.reason, info.value.message) == (
+        "unsigned_reply",
+        "the reply is signed with key 'k1', which is not a coordinator key here",
+    )
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, keyring=None)
+    assert info.value.reason == "unsigned_reply"
+
+
+def test_only_a_coordinator_role_key_signs_replies() -> None:
+    """Rule: a reply signed with a role key that is not a coordinator's (an admin key) does
+    not verify, with or without a cluster key; a coordinator key's reply verifies even where
+    no cluster key is installed."""
+    headers = _reply(role_key=COORDINATOR)
+    assert _check_reply(headers, keyring=None, need_coordinator_key=True) == "node-b"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, role="admin")
+    assert info.value.reason == "bad_reply_signature"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, role="admin", need_coordinator_key=True)
+    assert info.value.reason == "unsigned_reply"
+    forged = {**headers, REPLY_SIGNATURE_HEADER: _reply(keyring=RING)[REPLY_SIGNATURE_HEADER]}
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(forged)
+    assert info.value.reason == "bad_reply_signature"
 
 
 def _main(argv: list[str]) -> None:
