@@ -357,6 +357,11 @@ def test_the_first_claim_the_registry_saw_owns_the_agent() -> None:
 WALL = 1_800_000_000.0  # ManualClock's wall time at the start
 
 
+def _at(offset: float) -> object:
+    """WALL + offset, to the microsecond (pytest.approx's default would allow ~30 minutes)."""
+    return pytest.approx(WALL + offset, rel=0, abs=1e-6)
+
+
 def test_claims_are_stamped_with_the_wall_clock_and_kept_in_order() -> None:
     """Rule (issue 12): the registry stamps each new claim with the wall clock; claims seen
     in one instant are still ordered, one millisecond apart (never pushed further ahead of
@@ -366,15 +371,15 @@ def test_claims_are_stamped_with_the_wall_clock_and_kept_in_order() -> None:
     reg.apply_heartbeat(hb("a", [agent("alice"), agent("default")]), 1)
     reg.apply_heartbeat(hb("b", [agent("alice"), agent("bob")]), 1)
     assert reg.claims() == {
-        "alice": {"a": WALL, "b": pytest.approx(WALL + 0.001)},
-        "bob": {"b": pytest.approx(WALL + 0.002)},
+        "alice": {"a": WALL, "b": _at(0.001)},
+        "bob": {"b": _at(0.002)},
     }
     assert reg.has_claim_changes() is True
     changes = reg.take_claim_changes()
     assert changes == {
         ("alice", "a"): WALL,
-        ("alice", "b"): pytest.approx(WALL + 0.001),
-        ("bob", "b"): pytest.approx(WALL + 0.002),
+        ("alice", "b"): _at(0.001),
+        ("bob", "b"): _at(0.002),
     }
     assert reg.has_claim_changes() is False and reg.take_claim_changes() == {}
 
@@ -388,7 +393,7 @@ def test_a_roster_without_an_agent_releases_only_that_claim() -> None:
     reg.apply_heartbeat(hb("b", [agent("g")]), 1)
     reg.take_claim_changes()
     reg.apply_heartbeat(hb("a", [], seq=2), 1)
-    assert reg.claims() == {"g": {"b": pytest.approx(WALL + 0.002)}}
+    assert reg.claims() == {"g": {"b": _at(0.002)}}
     assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
 
 
@@ -410,7 +415,7 @@ def test_a_node_that_leaves_releases_its_claims(how: str) -> None:
         reg.apply_heartbeat(hb("b", [agent("g")], seq=3), 1)
         reg.expire()
         assert "a" not in reg
-    assert reg.claims() == {"g": {"b": pytest.approx(WALL + 0.002)}}
+    assert reg.claims() == {"g": {"b": _at(0.002)}}
     assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
 
 
@@ -432,7 +437,7 @@ def test_stored_claims_are_mirrored_with_the_changes_not_stored_yet() -> None:
     reg.set_claims(stored)
     assert reg.claims() == {
         "x": {"b": WALL - 40},
-        "y": {"a": pytest.approx(WALL + 0.001)},
+        "y": {"a": _at(0.001)},
         "z": {"c": WALL + 100},
     }
     assert reg.version > version
@@ -442,7 +447,24 @@ def test_stored_claims_are_mirrored_with_the_changes_not_stored_yet() -> None:
     reg.set_claims({"y": {"a": WALL - 5}})
     assert reg.claims()["y"] == {"a": WALL - 5}
     reg.apply_heartbeat(hb("d", [agent("w")]), 1)
-    assert reg.claims()["w"]["d"] == pytest.approx(WALL + 100.001)
+    assert reg.claims()["w"]["d"] == _at(100.001)
+
+
+def test_a_claim_seen_here_and_not_stored_yet_survives_a_mirror() -> None:
+    """Rule: a claim recorded here and not in the stored claims yet is kept by set_claims,
+    and a later claim in the same instant is still stamped after it even when every stored
+    claim is older; mirroring no stored claims at all clears them."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("x")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("y")]), 1)
+    reg.set_claims({"old": {"c": WALL - 500}})
+    assert reg.claims() == {"old": {"c": WALL - 500}, "x": {"a": WALL}, "y": {"b": _at(0.001)}}
+    reg.apply_heartbeat(hb("d", [agent("z")]), 1)
+    assert reg.claims()["z"] == {"d": _at(0.002)}
+    reg.take_claim_changes()
+    version = reg.version
+    reg.set_claims({})
+    assert reg.claims() == {} and reg.version > version
 
 
 def test_a_stored_claim_at_time_zero_is_still_the_first() -> None:
