@@ -39,6 +39,7 @@ RESULTS = ROOT / "bench" / "results"
 # short name -> source file; the mutant names of a file start with its dotted module path.
 MODULES: dict[str, str] = {
     "signing": "signet_cluster/security/signing.py",
+    "roles": "signet_cluster/security/roles.py",
     "visibility": "signet_cluster/daemon/visibility.py",
     "owner_checks": "sidecar/memory/owner_checks.py",
     "agent_resolution": "signet_cluster/daemon/agent_resolution.py",

@@ -11,8 +11,10 @@ import pytest
 
 from signet_cluster.daemon.agent_resolution import (
     DEFAULT_AGENT,
+    EXPAND_PATH,
     Resolved,
     RouteKind,
+    daemon_honours_agent,
     resolve_agent,
     session_agent,
 )
@@ -64,6 +66,13 @@ READS: dict[RouteKind, list[tuple[str, str]]] = {
         ("header", "x-signet-agent-id"),
         ("header", "x-signet-session-key"),
     ],
+    # Issue 14: recover is unscoped on TS; the sidecar reads it like the other by-id routes.
+    RouteKind.RECOVER: [
+        ("query", "agentId"),
+        ("query", "agent_id"),
+        ("header", "x-signet-agent-id"),
+        ("header", "x-signet-session-key"),
+    ],
     RouteKind.REMEMBER: [("body", "agentId"), ("header", "x-signet-session-key")],
     RouteKind.HOOK_REMEMBER: [
         ("body", "agentId"),
@@ -99,6 +108,11 @@ def _request(values: dict[tuple[str, str], str]) -> dict[str, Any]:
 def _value(place: str, name: str, agent: str) -> str:
     is_session = next(s for p, n, s in PLACES if (p, n) == (place, name))
     return f"agent:{agent}:s1" if is_session else agent
+
+
+def test_every_route_kind_has_its_rules_here() -> None:
+    """Rule: a route kind added to RouteKind gets its agent sources pinned here too."""
+    assert set(READS) == set(RouteKind)
 
 
 @pytest.mark.parametrize("kind", list(READS))
@@ -192,8 +206,8 @@ def test_blank_and_non_string_values_are_absent() -> None:
 
 
 def test_which_routes_are_ownership_checked_and_which_fan_out() -> None:
-    """Rule: modify, forget, PATCH and DELETE by id have their ids checked against the
-    acting agent; reads, remembers and hooks do not (nothing existing is touched). Recall
+    """Rule: modify, forget, PATCH and DELETE by id and recover (issue 14) have their ids
+    checked against the acting agent; reads, remembers and hooks do not (nothing existing is touched). Recall
     and both searches, and only they, are the list reads federation fans out."""
     checked = {k for k in READS if k.checks_ownership}
     assert checked == {
@@ -201,6 +215,21 @@ def test_which_routes_are_ownership_checked_and_which_fan_out() -> None:
         RouteKind.FORGET,
         RouteKind.PATCH_BY_ID,
         RouteKind.DELETE_BY_ID,
+        RouteKind.RECOVER,
     }
     lists = {k for k in READS if k.is_list_read}
     assert lists == {RouteKind.RECALL, RouteKind.SEARCH, RouteKind.LEGACY_SEARCH}
+
+
+@pytest.mark.parametrize("flavor", ["ts", "legacy", "rust"])
+def test_only_ts_expand_ignores_the_agent_it_names(flavor: str) -> None:
+    """Rule (contract section 3): a TS or legacy daemon's POST /api/knowledge/expand acts as
+    the token's agent whatever the body names; /api/knowledge/expand/session, every other
+    route, and every route on Rust act as the agent named."""
+    assert daemon_honours_agent(RouteKind.EXPAND, EXPAND_PATH, flavor) is (flavor == "rust")
+    assert EXPAND_PATH == "/api/knowledge/expand"
+    assert daemon_honours_agent(RouteKind.EXPAND, EXPAND_PATH + "/session", flavor) is True
+    for kind in RouteKind:
+        if kind is not RouteKind.EXPAND:
+            assert daemon_honours_agent(kind, EXPAND_PATH, flavor) is True
+            assert daemon_honours_agent(kind, "/api/memory/recall", flavor) is True

@@ -20,9 +20,6 @@ from signet_cluster.security.signing import (
     ReplayCache,
     Signer,
     Verifier,
-    body_sha256,
-    canonical,
-    mac,
 )
 
 NOW = 1_795_000_000.0
@@ -319,32 +316,3 @@ def test_a_request_signed_before_a_restart_says_so() -> None:
     with pytest.raises(AuthFailure) as info:
         cache.check("m" * 16, now, now + 3)
     assert info.value.reason == "stale" and "full" in info.value.message
-
-
-def test_canonical_string_known_answer() -> None:
-    """The signed bytes and HMAC for one fixed request (format: `canonical`'s docstring):
-    only the headers a receiver acts on, lower-cased and sorted; never the signature
-    headers; the method upper-cased."""
-    message = canonical(
-        method="post",
-        host="10.0.0.2:3860",
-        path_qs="/api/memory/recall?x=1",
-        ts_ms=1795000000000,
-        nonce="A" * 22,
-        node_id="node-a",
-        key_id="k1",
-        headers=[
-            ("X-Signet-Agent-Id", "bob"),
-            ("Content-Type", "application/json"),
-            ("Accept", "*/*"),
-            ("x-signet-cluster-signature", "zz"),
-        ],
-        body_digest=body_sha256(b'{"query":"q"}'),
-    )
-    assert message == (
-        b"signet-cluster-v2\nPOST\n10.0.0.2:3860\n/api/memory/recall?x=1\n1795000000000\n"
-        b"AAAAAAAAAAAAAAAAAAAAAA\nnode-a\nk1\ncontent-type:application/json\n"
-        b"x-signet-agent-id:bob\n"
-        b"cf11c31927352aeaa5b9ef86ce8f95a954bcd8e6a415f8cd3922101d92dba903"
-    )
-    assert mac(b"a" * 40, message) == "oB8SWFgEf3WFQ6b1irwzbNbmJIlFw5x3Xx3l1y92Hq0"

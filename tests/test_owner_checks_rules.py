@@ -1,5 +1,6 @@
 """The rules of the modify/forget ownership check (sidecar.memory.owner_checks), one per test,
-against a real memories.db: every id is checked, unreadable ownership refuses, a TS
+against a real memories.db: every id is checked (PATCH/DELETE/recover by id check the path
+id), unreadable ownership refuses, an unreadable modify/forget body refuses, a TS
 forget-by-query is refused, a Rust one is left to the daemon, and a refusal says who and where.
 
 These pin the behaviour that mutation testing (bench/mutation.py) showed no test held."""
@@ -47,13 +48,17 @@ async def _check(
     agent: str = "alice",
     flavor: str = "ts",
     match_id: str | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, Any]] | None:
+    """Check a request whose body is `body` as JSON (or exactly `raw`)."""
+    if raw is None:
+        raw = b"" if body is None else json.dumps(body).encode()
     refusal = await refuse_foreign(
         ownership=ownership,
         kind=kind,
         agent=agent,
         flavor=flavor,
-        body=body,
+        raw=raw,
         match_id=match_id,
         node_id=NODE,
     )
@@ -90,11 +95,46 @@ async def test_every_patch_of_a_multi_id_modify_is_checked(
     assert answer is not None and answer[0] == 403
 
 
-async def test_patch_and_delete_by_id_check_the_path_id(ownership: MemoryOwnership) -> None:
-    """Rule: PATCH/DELETE /api/memory/{id} check the id in the path."""
-    for kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID):
-        answer = await _check(ownership, kind, {"content": "x"}, match_id="b1")
-        assert answer is not None and answer[0] == 403
+async def test_patch_delete_and_recover_by_id_check_the_path_id(
+    ownership: MemoryOwnership,
+) -> None:
+    """Rule: PATCH/DELETE /api/memory/{id} and recover (issue 14) check the id in the path,
+    not the body; their own memory passes."""
+    for kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID, RouteKind.RECOVER):
+        answer = await _check(ownership, kind, {"ids": ["a1"]}, match_id="b1")
+        assert answer is not None and answer[0] == 403 and answer[1]["ids"] == ["b1"]
+        assert await _check(ownership, kind, {"ids": ["b1"]}, match_id="a1") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"ids": ["b1"\xff]}', '{"ids": ["b1"]}'.encode("utf-16"), b'["b1"]', b"{not json"],
+)
+@pytest.mark.parametrize("kind", [RouteKind.FORGET, RouteKind.MODIFY])
+async def test_an_unreadable_modify_or_forget_body_is_refused(
+    ownership: MemoryOwnership, kind: RouteKind, raw: bytes
+) -> None:
+    """Rule (issue 12): a modify or forget body that is not a JSON object in strict UTF-8
+    (invalid bytes, UTF-16, an array, not JSON) is refused with 400 `body_unreadable`, for any
+    agent and flavor: the daemon would decode it leniently and act on ids nobody checked."""
+    for flavor in ("ts", "rust"):
+        answer = await _check(ownership, kind, raw=raw, flavor=flavor)
+        assert answer is not None
+        status, refusal = answer
+        assert (status, refusal["code"]) == (400, "body_unreadable")
+        assert refusal["error"] == (
+            f"the {kind.value} body is not a JSON object in UTF-8, so the sidecar cannot "
+            "check which agent and memories it names; nothing was changed"
+        )
+
+
+async def test_only_bodies_that_name_ids_must_be_readable(ownership: MemoryOwnership) -> None:
+    """Rule: by-id routes take the id from the path, so their body is not read; an empty
+    modify/forget body names nothing and is left to the daemon."""
+    for kind in (RouteKind.PATCH_BY_ID, RouteKind.DELETE_BY_ID, RouteKind.RECOVER):
+        assert await _check(ownership, kind, raw=b"\xff", match_id="a1") is None
+    for kind in (RouteKind.FORGET, RouteKind.MODIFY):
+        assert await _check(ownership, kind, raw=b"  ") is None
 
 
 async def test_refusal_names_the_agent_the_foreign_ids_and_the_node(

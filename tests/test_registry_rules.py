@@ -2,7 +2,9 @@
 what bumps the version, when a discovered node is reaped, what an operator's removal does,
 and what an unchanged heartbeat keeps. Driven by a manual clock.
 
-The collision rule (which claimant owns an agent) is left to tests/test_registry.py."""
+The collision rule (issue 12: the claim the registry saw first owns an agent, whatever the
+heartbeat says about itself) is pinned here by one rule; its other cases (adoption, down
+claimants, restarts) are in tests/test_registry.py."""
 
 from __future__ import annotations
 
@@ -196,10 +198,16 @@ def test_adoptions_change_the_version_only_when_they_change() -> None:
 
 
 def test_the_peer_view_shows_the_last_heartbeat() -> None:
-    """Rule: a peer's view carries what its last heartbeat said and how long ago it came."""
+    """Rule: a peer's view carries what its last heartbeat said and how long ago it came;
+    (issue 12) it is shown as a coordinator only when that heartbeat came with a coordinator
+    credential, and gaining or losing that proof bumps the version."""
     reg, clock = _registry()
     beat = attrs.evolve(hb("a", [agent("alice")], seq=7), coordinator=True)
     reg.apply_heartbeat(beat, 1)
+    assert reg.peers()[0].coordinator is False
+    version = reg.version
+    reg.apply_heartbeat(beat, 1, coordinator_proven=True)
+    assert reg.version > version
     clock.advance(1.5)
     (peer,) = reg.peers()
     assert peer.state == "alive" and peer.joined is False
@@ -329,3 +337,142 @@ def test_find_accepts_trailing_slashes_bare_hosts_and_ipv6() -> None:
     assert reg.matches("10.0.0.5") == ["s"]
     # A needle is one URL: a host buried in garbage does not name a node.
     assert reg.matches("http://junk://10.0.0.5:3860") == []
+
+
+def test_the_first_claim_the_registry_saw_owns_the_agent() -> None:
+    """Rule (issue 12, replacing the created_at rule): when two nodes claim an agent, the
+    one whose claim this registry saw first owns it, even when the later claimant says its
+    agent was created earlier or has the smaller node id; the later one is a collision."""
+    reg, clock = _registry()
+    reg.apply_heartbeat(hb("zz", [agent("g", created="2026-02-01T00:00:00Z")]), 1)
+    clock.advance(1.0)
+    reg.apply_heartbeat(hb("aa", [agent("g", created="2020-01-01T00:00:00Z")]), 1)
+    routes, collisions = reg.routing()
+    assert [(r.agent_id, r.node_id) for r in routes] == [("g", "zz")]
+    assert collisions == (
+        Collision(agent_id="g", winner="zz", claimants=("aa", "zz"), rule="first_claim"),
+    )
+
+
+WALL = 1_800_000_000.0  # ManualClock's wall time at the start
+
+
+def _at(offset: float) -> object:
+    """WALL + offset, to the microsecond (pytest.approx's default would allow ~30 minutes)."""
+    return pytest.approx(WALL + offset, rel=0, abs=1e-6)
+
+
+def test_claims_are_stamped_with_the_wall_clock_and_kept_in_order() -> None:
+    """Rule (issue 12): the registry stamps each new claim with the wall clock; claims seen
+    in one instant are still ordered, one millisecond apart (never pushed further ahead of
+    the clock); each is reported once by take_claim_changes for the state DB."""
+    reg, _clock = _registry()
+    assert reg.has_claim_changes() is False
+    reg.apply_heartbeat(hb("a", [agent("alice"), agent("default")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("alice"), agent("bob")]), 1)
+    assert reg.claims() == {
+        "alice": {"a": WALL, "b": _at(0.001)},
+        "bob": {"b": _at(0.002)},
+    }
+    assert reg.has_claim_changes() is True
+    changes = reg.take_claim_changes()
+    assert changes == {
+        ("alice", "a"): WALL,
+        ("alice", "b"): _at(0.001),
+        ("bob", "b"): _at(0.002),
+    }
+    assert reg.has_claim_changes() is False and reg.take_claim_changes() == {}
+
+
+def test_a_roster_without_an_agent_releases_only_that_claim() -> None:
+    """Rule: a heartbeat is the node's whole roster: an agent it no longer lists is released
+    (reported as None), other nodes' claims on it stay, and an agent nobody claims any more
+    leaves the claims."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("g"), agent("solo")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.take_claim_changes()
+    reg.apply_heartbeat(hb("a", [], seq=2), 1)
+    assert reg.claims() == {"g": {"b": _at(0.002)}}
+    assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
+
+
+@pytest.mark.parametrize("how", ["remove", "reap"])
+def test_a_node_that_leaves_releases_its_claims(how: str) -> None:
+    """Rule: a removed or reaped node's claims are released (reported as None), so it takes
+    no agent with it when it comes back later; other claimants keep theirs."""
+    reg, clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("g"), agent("solo")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.take_claim_changes()
+    if how == "remove":
+        reg.remove("a")
+    else:
+        clock.advance(TTL + 1)
+        reg.apply_heartbeat(hb("b", [agent("g")], seq=2), 1)
+        reg.expire()
+        clock.advance(REAP_AFTER + 1)
+        reg.apply_heartbeat(hb("b", [agent("g")], seq=3), 1)
+        reg.expire()
+        assert "a" not in reg
+    assert reg.claims() == {"g": {"b": _at(0.002)}}
+    assert reg.take_claim_changes() == {("g", "a"): None, ("solo", "a"): None}
+
+
+def test_stored_claims_are_mirrored_with_the_changes_not_stored_yet() -> None:
+    """Rule: set_claims takes the stored (and replicated) claims, drops agents nobody holds,
+    and lays the changes seen here but not stored yet on top: a release removes the claim,
+    a claim keeps the earlier of the two stamps. Only a real change bumps the version, and a
+    new claim is stamped after every stored one."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("x")]), 1)
+    reg.apply_heartbeat(hb("a", [agent("y")], seq=2), 1)  # x released, y claimed, unstored
+    stored = {
+        "x": {"a": WALL - 50, "b": WALL - 40},
+        "y": {"a": WALL + 30},
+        "z": {"c": WALL + 100},
+        "empty": {},
+    }
+    version = reg.version
+    reg.set_claims(stored)
+    assert reg.claims() == {
+        "x": {"b": WALL - 40},
+        "y": {"a": _at(0.001)},
+        "z": {"c": WALL + 100},
+    }
+    assert reg.version > version
+    version = reg.version
+    reg.set_claims(stored)
+    assert reg.version == version
+    reg.set_claims({"y": {"a": WALL - 5}})
+    assert reg.claims()["y"] == {"a": WALL - 5}
+    reg.apply_heartbeat(hb("d", [agent("w")]), 1)
+    assert reg.claims()["w"]["d"] == _at(100.001)
+
+
+def test_a_claim_seen_here_and_not_stored_yet_survives_a_mirror() -> None:
+    """Rule: a claim recorded here and not in the stored claims yet is kept by set_claims,
+    and a later claim in the same instant is still stamped after it even when every stored
+    claim is older; mirroring no stored claims at all clears them."""
+    reg, _clock = _registry()
+    reg.apply_heartbeat(hb("a", [agent("x")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("y")]), 1)
+    reg.set_claims({"old": {"c": WALL - 500}})
+    assert reg.claims() == {"old": {"c": WALL - 500}, "x": {"a": WALL}, "y": {"b": _at(0.001)}}
+    reg.apply_heartbeat(hb("d", [agent("z")]), 1)
+    assert reg.claims()["z"] == {"d": _at(0.002)}
+    reg.take_claim_changes()
+    version = reg.version
+    reg.set_claims({})
+    assert reg.claims() == {} and reg.version > version
+
+
+def test_a_stored_claim_at_time_zero_is_still_the_first() -> None:
+    """Rule: claims are ordered by their stamp (a stamp of 0.0 included, before any later
+    one); a claimant with no recorded claim comes after every recorded one."""
+    reg, _clock = _registry()
+    reg.set_claims({"g": {"b": 0.0, "a": 0.5}})
+    reg.apply_heartbeat(hb("a", [agent("g")]), 1)
+    reg.apply_heartbeat(hb("b", [agent("g")]), 1)
+    reg.set_claims({"g": {"b": 0.0, "a": 0.5}})
+    assert [(r.agent_id, r.node_id) for r in reg.routing()[0]] == [("g", "b")]

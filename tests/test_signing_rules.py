@@ -1,18 +1,20 @@
 """The rules of request signing (signet_cluster.security.signing) that the property tests in
-test_auth_signing.py do not pin: the exact canonical format (a known-answer vector, also
-published in docs/signing.md so another implementation can interoperate), the timestamp
-being signed, the skew boundary, the replay cache's floor and expiry, and what each refusal
-tells the caller.
+test_auth_signing.py do not pin: the exact canonical string (known-answer vectors for a
+cluster key, a role key and a heartbeat reply, also published in docs/signing.md so another
+implementation can interoperate), the timestamp being signed, the receiver's Host, the skew
+boundary, the replay cache's floor and expiry, and what each refusal tells the caller.
 
-Regenerating the known answer after a deliberate change of the canonical format:
+Regenerating the known answers after a deliberate change of the canonical format:
 
     .venv/bin/python -m tests.test_signing_rules           # prints the new vectors
     .venv/bin/python -m tests.test_signing_rules --write   # rewrites the docs/signing.md block
 
-then paste the printed `canonical` and `signature` values into KNOWN_ANSWERS below."""
+then paste the printed `canonical` and `signature` values into KNOWN_ANSWERS (and
+REPLY_ANSWER) below."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import sys
 from pathlib import Path
@@ -21,20 +23,28 @@ from typing import Any
 import pytest
 
 from signet_cluster.security.keyring import Key, Keyring
+from signet_cluster.security.roles import PRIVATE_PREFIX, RoleKey, parse_role_key
 from signet_cluster.security.signing import (
     KEY_HEADER,
     NODE_HEADER,
     NONCE_HEADER,
+    REPLY_KEY_HEADER,
+    REPLY_NODE_HEADER,
+    REPLY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     TS_HEADER,
     AuthFailure,
     Presented,
     ReplayCache,
+    RoleSigner,
     Signer,
     Verified,
     Verifier,
     canonical,
     mac,
+    reply_canonical,
+    sign_reply,
+    verify_reply,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "signing.md"
@@ -47,37 +57,81 @@ KAT_KEY_ID = "kat-1"
 KAT_SECRET = "signet-cluster known-answer secret 0001"
 KAT_NODE = "node-a"
 KAT_TS_MS = 1_795_000_000_500
+# The admin role key of vector 3: its 32-byte Ed25519 seed is the SHA-256 of this text.
+KAT_ROLE_SEED_TEXT = "signet-cluster known-answer admin seed 0001"
 
-# The known answer: requests as a sender passes them to the signer (method and Host in any
-# case), the canonical string and the signature the current format gives.
+# The known answers: requests as a sender passes them to the signer (method and Host in any
+# case, with the headers it also sends), the canonical string and the signature the current
+# format gives. `key` says which key signs: the cluster key (HMAC) or the admin role key
+# (Ed25519, over the same bytes).
 KNOWN_ANSWERS: list[dict[str, Any]] = [
     {
+        "key": "cluster",
         "method": "post",
         "host": "Node-B.Example:3860",
-        "path_qs": "/api/cluster/heartbeat?full=1",
-        "body": '{"node_id":"node-a"}',
+        "path_qs": "/api/memory/recall?limit=5",
+        "headers": [
+            ["X-Signet-Agent-Id", "bob"],
+            ["Content-Type", "application/json"],
+            ["Accept", "*/*"],
+            ["X-Signet-Session-Key", "agent:bob:s1"],
+        ],
+        "body": '{"query":"q"}',
         "nonce": "kat-nonce-0000000001",
         "canonical": (
-            "signet-cluster-v1\nPOST\nnode-b.example:3860\n/api/cluster/heartbeat?full=1\n"
+            "signet-cluster-v2\nPOST\nnode-b.example:3860\n/api/memory/recall?limit=5\n"
             "1795000000500\nkat-nonce-0000000001\nnode-a\nkat-1\n"
-            "97cbb33a5c9c613b832a8a46a68b27056f97ec35944639d8011015ead14fb2bb"
+            "content-type:application/json\nx-signet-agent-id:bob\n"
+            "x-signet-session-key:agent:bob:s1\n"
+            "cf11c31927352aeaa5b9ef86ce8f95a954bcd8e6a415f8cd3922101d92dba903"
         ),
-        "signature": "C0IQ2B43iY-aM9t64FWGytWpdFlqnSejaDG0zKE1i6Q",
+        "signature": "dc4VtxAErZIEjmgKYY0rbqVkmc4Zbx9PrHhhdRiBI9M",
     },
     {
+        "key": "cluster",
         "method": "get",
         "host": "Node-B.Example:3860",
         "path_qs": "/api/cluster/registry",
+        "headers": [],
         "body": "",
         "nonce": "kat-nonce-0000000002",
         "canonical": (
-            "signet-cluster-v1\nGET\nnode-b.example:3860\n/api/cluster/registry\n"
+            "signet-cluster-v2\nGET\nnode-b.example:3860\n/api/cluster/registry\n"
             "1795000000500\nkat-nonce-0000000002\nnode-a\nkat-1\n"
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         ),
-        "signature": "kBDBbqwq2kuUoPoUsMQMj12v9HFZyzcY5MKcW2GhS5U",
+        "signature": "WSRymXVDc7d4ehdbt7Uzy171Mf4vSPH_K8TcHbzf-5s",
+    },
+    {
+        "key": "admin",
+        "method": "POST",
+        "host": "10.0.0.2:3860",
+        "path_qs": "/api/cluster/promote",
+        "headers": [["Content-Type", "application/json"]],
+        "body": '{"node_id":"node-b"}',
+        "nonce": "kat-nonce-0000000003",
+        "canonical": (
+            "signet-cluster-v2\nPOST\n10.0.0.2:3860\n/api/cluster/promote\n"
+            "1795000000500\nkat-nonce-0000000003\ncli\ne85d425743618\n"
+            "content-type:application/json\n"
+            "6ae822fa7eda8a771794a4abc64f785f45ddd5721540193d65f7c62b83f016ff"
+        ),
+        "signature": (
+            "bzeO811yNPC7xTV1nZ7VYbNDQuqtR08_TLF-rrmnEh6kkrJ76nk4irwnV6tWN4F_T0dqfSrKlAWjRuayDaEABA"
+        ),
     },
 ]
+
+# A heartbeat reply to vector 1's request, signed with the cluster key.
+REPLY_ANSWER: dict[str, Any] = {
+    "status": 200,
+    "body": '{"routes":{}}',
+    "canonical": (
+        "signet-cluster-reply-v1\nkat-nonce-0000000001\nnode-b\nkat-1\n200\n"
+        "6e84fd4ee53a894dc789520ef2f87c614f92817028cc81cb4ae85172ec74f45f"
+    ),
+    "signature": "eTilhFu2EpLXliAl8mOGIhmjqb79kr66hHCuX17xNck",
+}
 
 NOW = 1_795_000_000.0
 NOW_MS = 1_795_000_000_000
@@ -89,14 +143,37 @@ def _kat_ring() -> Keyring:
     return Keyring(keys=(Key(id=KAT_KEY_ID, secret=KAT_SECRET.encode()),), primary=KAT_KEY_ID)
 
 
+def kat_role_key() -> RoleKey:
+    seed = hashlib.sha256(KAT_ROLE_SEED_TEXT.encode()).digest()
+    text = PRIVATE_PREFIX + base64.urlsafe_b64encode(seed).rstrip(b"=").decode()
+    return parse_role_key(text, "known-answer key")
+
+
+def _sent(vector: dict[str, Any]) -> dict[str, str]:
+    return {name: value for name, value in vector["headers"]}
+
+
 def compute_known_answers() -> list[dict[str, Any]]:
     """The vectors as the current code signs them (inputs taken from KNOWN_ANSWERS)."""
     out = []
+    role_key = kat_role_key()
     for vector in KNOWN_ANSWERS:
         nonce = vector["nonce"]
-        signer = Signer(_kat_ring, KAT_NODE, wall=lambda: KAT_TS_MS / 1000, nonce=lambda n=nonce: n)
+        signer: Signer | RoleSigner
+        if vector["key"] == "admin":
+            signer = RoleSigner(
+                lambda: role_key, "cli", wall=lambda: KAT_TS_MS / 1000, nonce=lambda n=nonce: n
+            )
+        else:
+            signer = Signer(
+                _kat_ring, KAT_NODE, wall=lambda: KAT_TS_MS / 1000, nonce=lambda n=nonce: n
+            )
         headers = signer.headers(
-            vector["method"], vector["host"], vector["path_qs"], vector["body"].encode()
+            vector["method"],
+            vector["host"],
+            vector["path_qs"],
+            vector["body"].encode(),
+            _sent(vector),
         )
         message = canonical(
             method=vector["method"],
@@ -104,8 +181,9 @@ def compute_known_answers() -> list[dict[str, Any]]:
             path_qs=vector["path_qs"],
             ts_ms=int(headers[TS_HEADER]),
             nonce=nonce,
-            node_id=KAT_NODE,
-            key_id=KAT_KEY_ID,
+            node_id=headers[NODE_HEADER],
+            key_id=headers[KEY_HEADER],
+            headers=_sent(vector).items(),
             body_digest=_sha256_hex(vector["body"].encode()),
         )
         out.append(
@@ -114,22 +192,54 @@ def compute_known_answers() -> list[dict[str, Any]]:
     return out
 
 
+def compute_reply_answer() -> dict[str, Any]:
+    digest = _sha256_hex(REPLY_ANSWER["body"].encode())
+    headers = sign_reply(
+        request_nonce=KNOWN_ANSWERS[0]["nonce"],
+        node_id="node-b",
+        status=REPLY_ANSWER["status"],
+        body_digest=digest,
+        role_key=None,
+        keyring=_kat_ring(),
+    )
+    message = reply_canonical(
+        request_nonce=KNOWN_ANSWERS[0]["nonce"],
+        node_id="node-b",
+        key_id=KAT_KEY_ID,
+        status=REPLY_ANSWER["status"],
+        body_digest=digest,
+    )
+    return {
+        **REPLY_ANSWER,
+        "canonical": message.decode(),
+        "signature": headers["x-signet-cluster-reply-signature"],
+    }
+
+
 def _sha256_hex(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def render_doc_block(vectors: list[dict[str, Any]]) -> str:
+def render_doc_block(vectors: list[dict[str, Any]], reply: dict[str, Any]) -> str:
+    role_key = kat_role_key()
     lines = [
         DOC_START,
-        f"Key id `{KAT_KEY_ID}`, secret (UTF-8 bytes of) `{KAT_SECRET}`, node `{KAT_NODE}`, "
-        f"timestamp `{KAT_TS_MS}`.",
+        f"Cluster key id `{KAT_KEY_ID}`, secret (UTF-8 bytes of) `{KAT_SECRET}`, node "
+        f"`{KAT_NODE}`, timestamp `{KAT_TS_MS}`. Admin role key: the Ed25519 private key whose "
+        f"32-byte seed is the SHA-256 of the UTF-8 bytes of `{KAT_ROLE_SEED_TEXT}`; public key "
+        f"`{role_key.public}`, key id `{role_key.id}`, node `cli`.",
         "",
     ]
     for n, vector in enumerate(vectors, start=1):
         body = f"`{vector['body']}`" if vector["body"] else "empty"
+        sent = ", ".join(f"`{name}: {value}`" for name, value in vector["headers"]) or "none"
+        signed_with = (
+            "the admin role key (Ed25519)" if vector["key"] == "admin" else "the cluster key"
+        )
         lines += [
-            f"Vector {n}: `{vector['method']}` to Host `{vector['host']}`, path "
-            f"`{vector['path_qs']}`, nonce `{vector['nonce']}`, body {body}.",
+            f"Vector {n}, signed with {signed_with}: `{vector['method']}` to Host "
+            f"`{vector['host']}`, path `{vector['path_qs']}`, nonce `{vector['nonce']}`, "
+            f"other headers {sent}, body {body}.",
             "",
             "```text",
             *vector["canonical"].split("\n"),
@@ -138,34 +248,63 @@ def render_doc_block(vectors: list[dict[str, Any]]) -> str:
             f"`x-signet-cluster-signature: {vector['signature']}`",
             "",
         ]
-    lines.append(DOC_END)
+    lines += [
+        f"Reply: node `node-b` answers vector 1 with status `{reply['status']}` and body "
+        f"`{reply['body']}`, signed with the cluster key.",
+        "",
+        "```text",
+        *reply["canonical"].split("\n"),
+        "```",
+        "",
+        f"`x-signet-cluster-reply-signature: {reply['signature']}`",
+        "",
+        DOC_END,
+    ]
     return "\n".join(lines)
 
 
 def test_signature_known_answer() -> None:
-    """Rule: the canonical string is exactly `signet-cluster-v1`, the method upper-cased, the
-    Host lower-cased, the path and query as sent, the timestamp (ms), the nonce, the node id,
-    the key id and the hex SHA-256 of the body (of the empty string for no body), joined by
-    LF with no trailing LF; the signature is the unpadded base64url HMAC-SHA256 of it. The
-    same vectors are published in docs/signing.md for other implementations.
+    """Rule: the canonical string is exactly `signet-cluster-v2`, the method upper-cased, the
+    Host lower-cased (the receiver is named), the path and query as sent, the timestamp (ms),
+    the nonce, the node id, the key id, one `name:value` line per signed header (Authorization,
+    Content-Type, Content-Encoding and every `x-signet-*` header except the five signature
+    headers; names lower-cased, sorted; `Accept` is not signed), and the hex SHA-256 of the
+    body (of the empty string for no body), joined by LF with no trailing LF. A cluster key
+    signs it with unpadded base64url HMAC-SHA256, a role key with Ed25519 (deterministic, so
+    it has a known answer too). A heartbeat reply signs `signet-cluster-reply-v1`, the
+    request's nonce, the node, the key id, the status and the body digest. The same vectors
+    are published in docs/signing.md for other implementations.
 
+    Issue 12 changed the format (v1 -> v2: signed headers, role keys, replies); this test
+    replaces both issue 18's v1 vectors and issue 12's single canonical-string test.
     After a deliberate format change, regenerate as the module docstring says."""
     computed = compute_known_answers()
     for vector, got in zip(KNOWN_ANSWERS, computed, strict=True):
         assert got["canonical"] == vector["canonical"]
         assert got["signature"] == vector["signature"]
-    assert render_doc_block(KNOWN_ANSWERS) in DOC.read_text(encoding="utf-8")
+    reply = compute_reply_answer()
+    assert (reply["canonical"], reply["signature"]) == (
+        REPLY_ANSWER["canonical"],
+        REPLY_ANSWER["signature"],
+    )
+    assert render_doc_block(KNOWN_ANSWERS, REPLY_ANSWER) in DOC.read_text(encoding="utf-8")
 
 
 def test_the_known_answer_verifies() -> None:
-    """Rule: a verifier holding the key accepts each published vector as sent."""
+    """Rule: a verifier holding the key (the cluster key, or the admin public key) and named
+    by the vector's Host accepts each published vector as sent, reporting the signer's role."""
+    role_key = kat_role_key()
     for vector in KNOWN_ANSWERS:
         verifier = Verifier(
-            _kat_ring, skew_s=30, cache=ReplayCache(10, 30_000, floor_ms=KAT_TS_MS - 1)
+            _kat_ring,
+            skew_s=30,
+            cache=ReplayCache(10, 30_000, floor_ms=KAT_TS_MS - 1),
+            role_keys=lambda: {role_key.id: ("admin", role_key.private.public_key())},
         )
+        admin = vector["key"] == "admin"
         presented = Presented(
-            node_id=KAT_NODE,
-            key_id=KAT_KEY_ID,
+            node_id="cli" if admin else KAT_NODE,
+            key_id=role_key.id if admin else KAT_KEY_ID,
             ts_ms=KAT_TS_MS,
             nonce=vector["nonce"],
             signature=vector["signature"],
@@ -173,17 +312,28 @@ def test_the_known_answer_verifies() -> None:
         verified = verifier.verify(
             presented,
             method=vector["method"].upper(),
-            host=vector["host"].lower(),
+            host=vector["host"],
             path_qs=vector["path_qs"],
+            headers=[(name, value) for name, value in vector["headers"]],
             body=vector["body"].encode(),
             now=KAT_TS_MS / 1000,
+            receiver=frozenset({vector["host"].lower()}),
         )
         assert verified == Verified(
-            node_id=KAT_NODE, key_id=KAT_KEY_ID, ts_ms=KAT_TS_MS, nonce=vector["nonce"]
+            node_id=presented.node_id,
+            key_id=presented.key_id,
+            ts_ms=KAT_TS_MS,
+            nonce=vector["nonce"],
+            role="admin" if admin else "node",
         )
 
 
-def _signed(ts_ms: int = NOW_MS, nonce: str = "n" * 22, body: bytes = b"{}") -> dict[str, str]:
+def _signed(
+    ts_ms: int = NOW_MS,
+    nonce: str = "n" * 22,
+    body: bytes = b"{}",
+    sent: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Headers of a POST to h:1/p signed at exactly `ts_ms` (no float clock in between)."""
     message = canonical(
         method="POST",
@@ -193,6 +343,7 @@ def _signed(ts_ms: int = NOW_MS, nonce: str = "n" * 22, body: bytes = b"{}") -> 
         nonce=nonce,
         node_id="node-a",
         key_id=KEY.id,
+        headers=(sent or {}).items(),
         body_digest=_sha256_hex(body),
     )
     return {
@@ -210,11 +361,48 @@ def _verify(
     verifier: Verifier | None = None,
     now: float = NOW,
     body: bytes = b"{}",
+    host: str = "h:1",
+    receiver: frozenset[str] | None = None,
 ) -> Verified:
     verifier = verifier or Verifier(lambda: RING, skew_s=30, cache=ReplayCache(100, 30_000))
     presented = Presented.parse(headers)
     assert presented is not None
-    return verifier.verify(presented, method="POST", host="h:1", path_qs="/p", body=body, now=now)
+    return verifier.verify(
+        presented,
+        method="POST",
+        host=host,
+        path_qs="/p",
+        headers=headers.items(),
+        body=body,
+        now=now,
+        receiver=receiver,
+    )
+
+
+def test_the_host_must_name_the_receiver() -> None:
+    """Rule (issue 12): a request whose Host is not one of the receiver's names is refused
+    as `wrong_host`, with a message naming the Host, before the signature is checked (even a
+    well-signed one); the comparison ignores the Host's case."""
+    with pytest.raises(AuthFailure) as info:
+        _verify(_signed(), receiver=frozenset({"a:1"}))
+    assert (info.value.reason, info.value.message) == (
+        "wrong_host",
+        "this request was signed for 'h:1', which is not this sidecar (a signature only "
+        "holds for the sidecar it names)",
+    )
+    assert _verify(_signed(), host="H:1", receiver=frozenset({"h:1"})).node_id == "node-a"
+
+
+def test_signed_headers_are_part_of_the_signature() -> None:
+    """Rule (issue 12): a header the receiver acts on that was signed must arrive unchanged;
+    one the receiver ignores (Accept) may change."""
+    sent = {"x-signet-agent-id": "bob", "Accept": "*/*"}
+    headers = {**_signed(sent=sent), "x-signet-agent-id": "bob", "Accept": "text/plain"}
+    assert _verify(headers).node_id == "node-a"
+    headers = {**_signed(sent=sent, nonce="m" * 22), "x-signet-agent-id": "alice"}
+    with pytest.raises(AuthFailure) as info:
+        _verify(headers)
+    assert info.value.reason == "bad_signature"
 
 
 def test_the_timestamp_is_signed() -> None:
@@ -233,7 +421,9 @@ def test_a_verified_request_names_its_sender() -> None:
     verifier = Verifier(lambda: RING, skew_s=30, cache=ReplayCache(100, 30_000))
     first = _verify(_signed(nonce="a" * 22), verifier=verifier)
     second = _verify(_signed(nonce="b" * 22), verifier=verifier)
-    assert first == Verified(node_id="node-a", key_id="k1", ts_ms=NOW_MS, nonce="a" * 22)
+    assert first == Verified(
+        node_id="node-a", key_id="k1", ts_ms=NOW_MS, nonce="a" * 22, role="node"
+    )
     assert second.nonce == "b" * 22
 
 
@@ -284,7 +474,7 @@ def test_a_full_cache_refuses_at_and_before_the_evicted_timestamp() -> None:
         assert info.value.reason == "stale"
         assert info.value.message == (
             "request timestamp is older than this sidecar can still check for replays "
-            "(replay cache full); resend with a fresh timestamp"
+            "(its replay cache is full of newer requests); resend with a fresh signature"
         )
     cache.add("fresh", 99_001, now)
     assert cache.floor_ms == 99_500
@@ -365,7 +555,8 @@ def test_refusals_say_what_to_do() -> None:
     assert (info.value.reason, info.value.message) == (
         "unknown_key",
         "key 'k1' is not installed on this sidecar (install it with "
-        "`signet-cluster keyring install`)",
+        "`signet-cluster keyring install`, or list a role's public key in admin_public_keys / "
+        "coordinator_public_keys)",
     )
     headers = _signed()
     with pytest.raises(AuthFailure) as info:
@@ -397,15 +588,184 @@ def test_malformed_headers_are_each_named() -> None:
     )
 
 
+def test_several_values_of_one_header_are_signed_in_order() -> None:
+    """Rule: several values of one signed header are joined with `,` in the order sent,
+    each stripped, under the lower-cased name."""
+    message = canonical(
+        method="GET",
+        host="h",
+        path_qs="/",
+        ts_ms=1,
+        nonce="n",
+        node_id="a",
+        key_id="k",
+        headers=[("X-Signet-Extra", " 1"), ("x-signet-extra", "2 "), ("Accept", "x")],
+        body_digest="d",
+    )
+    assert message == b"signet-cluster-v2\nGET\nh\n/\n1\nn\na\nk\nx-signet-extra:1,2\nd"
+
+
+def test_a_request_signed_before_the_start_says_so_exactly() -> None:
+    """Rule: a request at or before the start floor is refused as `signed_before_start`
+    with a message that says why and what to do."""
+    cache = ReplayCache(10, 10_000, floor_ms=5_000)
+    with pytest.raises(AuthFailure) as info:
+        cache.check("n", 5_000, 6_000)
+    assert (info.value.reason, info.value.message) == (
+        "signed_before_start",
+        "this request was signed before this sidecar started, so it cannot tell whether it "
+        "was already accepted (a replay after a restart); resend it with a fresh signature",
+    )
+
+
+# -- heartbeat replies ---------------------------------------------------------------------
+REPLY_NONCE = "r" * 22
+COORDINATOR = kat_role_key()
+
+
+def _reply(
+    *, role_key: RoleKey | None = None, keyring: Keyring | None = None, status: int = 200
+) -> dict[str, str]:
+    return sign_reply(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        status=status,
+        body_digest=_sha256_hex(b"{}"),
+        role_key=role_key,
+        keyring=keyring,
+    )
+
+
+def _check_reply(
+    headers: dict[str, str],
+    *,
+    role: str = "coordinator",
+    need_coordinator_key: bool = False,
+    keyring: Keyring | None = RING,
+    nonce: str = REPLY_NONCE,
+    status: int = 200,
+    body: bytes = b"{}",
+) -> str:
+    role_keys: dict[str, Any] = {COORDINATOR.id: (role, COORDINATOR.private.public_key())}
+    return verify_reply(
+        headers,
+        request_nonce=nonce,
+        status=status,
+        body=body,
+        keyring=keyring,
+        role_keys=role_keys,
+        need_coordinator_key=need_coordinator_key,
+    )
+
+
+def test_a_reply_is_signed_with_the_coordinator_key_first() -> None:
+    """Rule: a reply is signed with the coordinator key when the node has one (even with a
+    cluster key too), else with the primary cluster key, else not at all; the headers name
+    the answering node and the key."""
+    assert _reply() == {}
+    with_role = _reply(role_key=COORDINATOR, keyring=RING)
+    assert with_role == _reply(role_key=COORDINATOR)
+    assert with_role[REPLY_NODE_HEADER] == "node-b"
+    assert with_role[REPLY_KEY_HEADER] == COORDINATOR.id
+    message = reply_canonical(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        key_id=COORDINATOR.id,
+        status=200,
+        body_digest=_sha256_hex(b"{}"),
+    )
+    assert with_role[REPLY_SIGNATURE_HEADER] == COORDINATOR.sign(message)
+    with_cluster_key = _reply(keyring=RING)
+    assert with_cluster_key[REPLY_KEY_HEADER] == "k1"
+    assert with_cluster_key[REPLY_NODE_HEADER] == "node-b"
+    message = reply_canonical(
+        request_nonce=REPLY_NONCE,
+        node_id="node-b",
+        key_id="k1",
+        status=200,
+        body_digest=_sha256_hex(b"{}"),
+    )
+    assert with_cluster_key[REPLY_SIGNATURE_HEADER] == mac(KEY.secret, message)
+
+
+def test_a_reply_verifies_only_for_its_request_status_and_body() -> None:
+    """Rule: a signed reply names its signer; the same headers do not verify for another
+    request's nonce, another status or another body (`bad_reply_signature`)."""
+    for headers in (_reply(role_key=COORDINATOR), _reply(keyring=RING)):
+        assert _check_reply(headers) == "node-b"
+        for change in ({"nonce": "q" * 22}, {"status": 201}, {"body": b"{ }"}):
+            with pytest.raises(AuthFailure) as info:
+                _check_reply(headers, **change)  # type: ignore[arg-type]
+            assert (info.value.reason, info.value.message) == (
+                "bad_reply_signature",
+                "the reply's signature does not verify",
+            )
+
+
+@pytest.mark.parametrize("missing", [REPLY_NODE_HEADER, REPLY_KEY_HEADER, REPLY_SIGNATURE_HEADER])
+def test_a_reply_without_its_signature_headers_is_unsigned(missing: str) -> None:
+    """Rule: a reply missing any of its three headers (or with one empty) is `unsigned_reply`."""
+    for value in (None, ""):
+        headers = _reply(role_key=COORDINATOR)
+        if value is None:
+            del headers[missing]
+        else:
+            headers[missing] = value
+        with pytest.raises(AuthFailure) as info:
+            _check_reply(headers)
+        assert (info.value.reason, info.value.message) == (
+            "unsigned_reply",
+            "the reply is not signed by a coordinator",
+        )
+
+
+def test_where_coordinator_keys_are_needed_a_cluster_key_reply_is_refused() -> None:
+    """Rule: with coordinator keys configured, a reply signed with the cluster key (or with
+    a key that is no role key) is refused as `unsigned_reply` naming the key, even when the
+    signature is good; without them, the cluster key is enough."""
+    headers = _reply(keyring=RING)
+    assert _check_reply(headers, need_coordinator_key=False) == "node-b"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, need_coordinator_key=True)
+    assert (info.value.reason, info.value.message) == (
+        "unsigned_reply",
+        "the reply is signed with key 'k1', which is not a coordinator key here",
+    )
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, keyring=None)
+    assert info.value.reason == "unsigned_reply"
+
+
+def test_only_a_coordinator_role_key_signs_replies() -> None:
+    """Rule: a reply signed with a role key that is not a coordinator's (an admin key) does
+    not verify, with or without a cluster key; a coordinator key's reply verifies even where
+    no cluster key is installed."""
+    headers = _reply(role_key=COORDINATOR)
+    assert _check_reply(headers, keyring=None, need_coordinator_key=True) == "node-b"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, role="admin")
+    assert info.value.reason == "bad_reply_signature"
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(headers, role="admin", need_coordinator_key=True)
+    assert info.value.reason == "unsigned_reply"
+    forged = {**headers, REPLY_SIGNATURE_HEADER: _reply(keyring=RING)[REPLY_SIGNATURE_HEADER]}
+    with pytest.raises(AuthFailure) as info:
+        _check_reply(forged)
+    assert info.value.reason == "bad_reply_signature"
+
+
 def _main(argv: list[str]) -> None:
     computed = compute_known_answers()
-    for vector in computed:
+    reply = compute_reply_answer()
+    for vector in [*computed, reply]:
         print(f"canonical: {vector['canonical']!r}")
         print(f"signature: {vector['signature']!r}")
     if "--write" in argv:
         text = DOC.read_text(encoding="utf-8")
         start, end = text.index(DOC_START), text.index(DOC_END) + len(DOC_END)
-        DOC.write_text(text[:start] + render_doc_block(computed) + text[end:], encoding="utf-8")
+        DOC.write_text(
+            text[:start] + render_doc_block(computed, reply) + text[end:], encoding="utf-8"
+        )
         print(f"rewrote the vectors in {DOC}")
 
 
