@@ -69,8 +69,10 @@ def hoist_global_options(group: click.Group, args: list[str]) -> list[str]:
         if arg == "--":
             rest.extend(args[index:])
             break
-        if not arg.startswith("-") and isinstance(current, click.Group) and (
-            not seen_command or arg in current.commands
+        if (
+            not arg.startswith("-")
+            and isinstance(current, click.Group)
+            and (not seen_command or arg in current.commands)
         ):
             seen_command = True
             command = current.commands.get(arg)

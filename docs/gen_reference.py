@@ -126,7 +126,13 @@ def _command_section(path: str, command: click.Command, ctx: click.Context) -> s
     lines = [f"{level} `{path}`", "", "```", usage, "```", ""]
     lines.append(inspect.cleandoc(click.unstyle(command.help or "")).replace("\b\n", ""))
     lines.append("")
-    options = [p for p in command.get_params(ctx) if isinstance(p, click.Option)]
+    # Click caches a command's help option the first time any context builds it (a test may
+    # have invoked this command on its own, with plain `--help`): the page shows the help
+    # option as the CLI's context makes it.
+    help_option = click.Option(
+        ctx.help_option_names, is_flag=True, help="Show this message and exit."
+    )
+    options = [p for p in command.params if isinstance(p, click.Option)] + [help_option]
     rows = [row for p in options if (row := _option_row(p, ctx))]
     if rows:
         lines += ["| option | meaning |", "|---|---|", *rows, ""]

@@ -584,7 +584,7 @@ def test_malformed_headers_are_each_named() -> None:
     assert (info.value.reason, info.value.message) == (
         "malformed",
         "x-signet-cluster-node is not a node id; x-signet-cluster-ts must be Unix time in "
-        "milliseconds; x-signet-cluster-signature must be 43 characters of base64url",
+        "milliseconds; x-signet-cluster-signature must be 43 (HMAC) or 86 (Ed25519) characters of base64url",
     )
 
 

@@ -202,15 +202,17 @@ OPERATIONS: tuple[Operation, ...] = (
 
 _ACCESS = {
     "peer": "Sidecar to sidecar: must be signed (or mTLS) whenever the sidecar has a key.",
-    "admin": "Admin: must be signed (or mTLS), from loopback too unless allow_unsigned_loopback_admin.",
+    "admin": "Admin: signed with an admin key (or an mTLS admin certificate), from loopback too unless allow_unsigned_loopback_admin.",
     "read": "Unsigned from loopback; signed (or mTLS) from other hosts.",
     "public": "Open to anyone.",
 }
 
 _SIGNATURE_DOC = (
-    "HMAC-SHA256 over `signet-cluster-v1`, method, Host, path+query, timestamp, nonce, node id, "
-    "key id and the body's SHA-256, joined by newlines, as unpadded base64url. "
-    "See signet_cluster/security/signing.py."
+    "HMAC-SHA256 (cluster key) or Ed25519 (admin and coordinator keys) over "
+    "`signet-cluster-v2`, method, Host (which must name the receiver), path+query, timestamp, "
+    "nonce, node id, key id, every signed header (Authorization, Content-Type, "
+    "Content-Encoding, x-signet-*) and the body's SHA-256, joined by newlines, as unpadded "
+    "base64url. See docs/signing.md for the exact format and test vectors."
 )
 
 

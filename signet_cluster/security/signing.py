@@ -340,7 +340,9 @@ class Presented:
         if not _NONCE.match(nonce):
             problems.append(f"{NONCE_HEADER} must be 16-64 characters of [A-Za-z0-9_-]")
         if not _SIGNATURE.match(signature):
-            problems.append(f"{SIGNATURE_HEADER} must be 43 characters of base64url")
+            problems.append(
+                f"{SIGNATURE_HEADER} must be 43 (HMAC) or 86 (Ed25519) characters of base64url"
+            )
         if problems:
             raise AuthFailure("malformed", "; ".join(problems))
         return cls(node_id=node, key_id=key, ts_ms=int(ts), nonce=nonce, signature=signature)
