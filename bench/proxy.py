@@ -577,26 +577,37 @@ def main() -> None:
 
 
 def profile(lab: Lab, targets: list[Target], clients: int, seconds: float, root: Path) -> list[str]:
-    """py-spy's top functions (own time) in the local-recall sidecar while it is saturated."""
+    """py-spy samples of the local-recall sidecar while it is saturated (only the thread
+    holding the GIL: CPU, not waiting): the functions with the most own time, then the
+    project's and aiohttp's functions by inclusive time."""
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     target = next(t for t in targets if t.name in ("recall/sidecar", "remote/sidecar"))
     out = root / "profile.txt"
-    proc = subprocess.Popen(
-        [spy, "record", "-p", str(target.front[0]), "-d", str(int(seconds)), "-f", "raw",
-         "-o", str(out), "-r", "500"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    args = [spy, "record", "-p", str(target.front[0]), "-d", str(int(seconds)), "-f", "raw"]
+    args += ["-o", str(out), "-r", "1000", "--gil", "--nonblocking"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     measure(target, clients, seconds + 1, root)
     proc.wait()
     own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        own[leaf] = own.get(leaf, 0) + int(count)
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
         total += int(count)
-    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
-    return [f"{count / total * 100:5.1f}%  {leaf}" for leaf, count in top]
+    lines = [f"py-spy, {total} samples with the GIL held; own time:"]
+    for leaf, count in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
+        lines.append(f"{count / total * 100:5.1f}%  {leaf}")
+    lines.append("inclusive time (sidecar, signet_cluster, aiohttp):")
+    ours = [
+        (f, c) for f, c in inclusive.items() if re.search(r"\((sidecar|signet_cluster|aiohttp)/", f)
+    ]
+    for frame, count in sorted(ours, key=lambda kv: -kv[1])[:30]:
+        lines.append(f"{count / total * 100:5.1f}%  {frame}")
+    return lines
 
 
 def print_table(report: dict[str, Any]) -> None:

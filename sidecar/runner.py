@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.app import make_app
+from sidecar.pipeline.fastlane import SidecarRunner
 from sidecar.security.limits import server_options
 from signet_cluster.clock import Clock
 from signet_cluster.settings import Settings
@@ -29,7 +30,7 @@ async def run_sidecar(
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
     app = make_app(settings, clock=clock)
-    runner = web.AppRunner(
+    runner = SidecarRunner(
         app,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,
