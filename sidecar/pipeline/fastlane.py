@@ -71,6 +71,9 @@ class FastLaneServer(web.Server):
         self.app = app
         self.fast: set[FastLane] = set()
         self.closing = False
+        # Requests the fast lane answered itself, and connections it handed to aiohttp.
+        self.served = 0
+        self.handed_over = 0
 
     def __call__(self) -> Any:  # a protocol factory for loop.create_server
         return FastLane(self)
@@ -182,6 +185,7 @@ class FastLane(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self.server.handed_over += 1
         handler = self.server.aiohttp_handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -287,6 +291,7 @@ class FastLane(asyncio.Protocol):
                 self._write(daemon_failure(exc))
             else:
                 self._relay(raw, target.node_id)
+            self.server.served += 1
         except Exception:
             # As the errors middleware answers a crash in the ordinary pipeline.
             log.exception("request_crashed", path=_PATHS[kind], method="POST")
