@@ -308,7 +308,7 @@ def lua_script(target: Target, run_id: int) -> str:
         'local headers = {["Content-Type"] = "application/json"}\n'
         "request = function()\n"
         "  n = n + 1\n"
-        f'  local body = \'{{"content": "{prefix}\' .. n .. \' about the garden shed paint"}}\'\n'
+        f"  local body = '{{\"content\": \"{prefix}' .. n .. ' about the garden shed paint\"}}'\n"
         f'  return wrk.format("POST", "{target.path}", headers, body)\n'
         "end\n"
     )
@@ -324,15 +324,27 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(target: Target, clients: int, seconds: float, scratch: Path) -> tuple[int, float, float, float]:
+def run_wrk(
+    target: Target, clients: int, seconds: float, scratch: Path
+) -> tuple[int, float, float, float]:
     """(requests, seconds, p50 ms, p99 ms) of one wrk run; every answer must be 2xx."""
     run_id = next(_RUN_IDS)
     script = scratch / f"wrk-{run_id}.lua"
     script.write_text(lua_script(target, run_id))
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
-         f"http://127.0.0.1:{target.port}{target.path}"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{target.port}{target.path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"{target.name}: errors under load:\n{out}")
