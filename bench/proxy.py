@@ -11,7 +11,10 @@ alike):
 
 - CPU seconds per request of the process(es) in front of the daemon (the sidecar, both
   sidecars for a remote agent, nginx with its workers) and of the daemon itself, read from
-  /proc/<pid>/stat before and after each run: the robust figure on a shared machine;
+  /proc/<pid>/stat before and after each run: the robust figure on a shared machine. `net`
+  subtracts what the front spends with no requests at all (heartbeats, the daemon watcher,
+  key reloads; `idle`, measured for `--idle` seconds before the runs), which a busy machine's
+  low request rate would otherwise charge to each request;
 - throughput at saturation (`--clients` keep-alive connections), and its ratio to direct
   (the median over rounds of each round's ratio);
 - p50 / p99 latency at one client, and what the front adds to direct.
@@ -484,17 +487,34 @@ def build_lab(lab: Lab, want: set[str]) -> list[Target]:
     return [t for t in every if t.scenario in want]
 
 
-def summarize(runs: dict[tuple[str, str], list[Run]], targets: list[Target]) -> dict[str, Any]:
+def idle_rates(targets: list[Target], seconds: float) -> dict[str, float]:
+    """CPU seconds per second each target's front spends with no requests (heartbeats,
+    the daemon watcher, key reloads), measured before the runs."""
+    fronts = {t.name: t.front for t in targets if t.front}
+    before = {name: cpu_seconds(pids) for name, pids in fronts.items()}
+    time.sleep(seconds)
+    return {name: (cpu_seconds(pids) - before[name]) / seconds for name, pids in fronts.items()}
+
+
+def summarize(
+    runs: dict[tuple[str, str], list[Run]], targets: list[Target], idle: dict[str, float]
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for t in targets:
         one, sat = runs[(t.name, "c1")], runs[(t.name, "sat")]
         both = one + sat
         n = sum(r.requests for r in both)
+        background = idle.get(t.name, 0.0) * sum(r.seconds for r in both)
         rows[t.name] = {
             "rps_saturated": round(statistics.median(r.requests / r.seconds for r in sat), 1),
             "p50_ms_c1": round(statistics.median(r.p50_ms for r in one), 3),
             "p99_ms_c1": round(statistics.median(r.p99_ms for r in one), 3),
             "front_cpu_ms_per_req": round(sum(r.front_cpu_s for r in both) / n * 1000, 3),
+            # Less what the front spends anyway with no requests at all (idle_cpu_pct).
+            "front_cpu_ms_per_req_net": round(
+                max(0.0, sum(r.front_cpu_s for r in both) - background) / n * 1000, 3
+            ),
+            "front_idle_cpu_pct": round(idle.get(t.name, 0.0) * 100, 2),
             "front_cpu_ms_per_req_saturated": round(
                 sum(r.front_cpu_s for r in sat) / sum(r.requests for r in sat) * 1000, 3
             ),
@@ -519,6 +539,7 @@ def summarize(runs: dict[tuple[str, str], list[Run]], targets: list[Target]) -> 
             "added_p50_ms_c1": round(row["p50_ms_c1"] - base["p50_ms_c1"], 3),
             "added_p99_ms_c1": round(row["p99_ms_c1"] - base["p99_ms_c1"], 3),
             "front_cpu_ms_per_req": row["front_cpu_ms_per_req"],
+            "front_cpu_ms_per_req_net": row["front_cpu_ms_per_req_net"],
             "front_cpu_share_of_daemon": round(
                 row["front_cpu_ms_per_req"] / base["daemon_cpu_ms_per_req"], 3
             )
@@ -539,6 +560,9 @@ def main() -> None:
         default="recall,recall_isolated,remember,status,remote",
         help="comma-separated scenarios",
     )
+    parser.add_argument(
+        "--idle", type=float, default=10.0, help="seconds to measure the fronts' idle CPU"
+    )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON")
     parser.add_argument("--uvloop", action="store_true", help="run the sidecars on uvloop")
     parser.add_argument(
@@ -552,6 +576,7 @@ def main() -> None:
     try:
         targets = build_lab(lab, set(args.only.split(",")))
         load_before = os.getloadavg()
+        idle = idle_rates(targets, args.idle)
         for t in targets:  # warm-up: connections, caches, the daemon's first slow calls
             measure(t, args.clients, 1.0, root)
         runs: dict[tuple[str, str], list[Run]] = {}
@@ -563,7 +588,7 @@ def main() -> None:
                 runs.setdefault((t.name, "sat"), []).append(
                     measure(t, args.clients, args.duration, root)
                 )
-        report = summarize(runs, targets)
+        report = summarize(runs, targets, idle)
         report["setup"] = {
             "daemon": f"signet {REAL_VERSION} (real)" if args.real else "dev daemon (ts)",
             "load_generator": "wrk" if shutil.which("wrk") else "asyncio",
@@ -630,18 +655,21 @@ def print_table(report: dict[str, Any]) -> None:
     )
     head = (
         f"{'target':<26}{'req/s':>9}{'ratio':>7}{'p50 c1':>9}{'+p50':>8}{'p99 c1':>9}"
-        f"{'+p99':>8}{'front cpu':>11}{'daemon cpu':>12}"
+        f"{'+p99':>8}{'front cpu':>11}{'net':>8}{'idle':>7}{'daemon cpu':>12}"
     )
-    print(head + "\n" + " " * 76 + "ms/req      ms/req")
+    print(head + "\n" + " " * 76 + "ms/req  ms/req  %core      ms/req")
     for name, row in report["targets"].items():
         cmp = report["against_direct"].get(name)
         ratio = f"{cmp['throughput_ratio']:.3f}" if cmp else "-"
         add50 = f"{cmp['added_p50_ms_c1']:+.3f}" if cmp else "-"
         add99 = f"{cmp['added_p99_ms_c1']:+.3f}" if cmp else "-"
         front = f"{row['front_cpu_ms_per_req']:.3f}" if cmp else "-"
+        net = f"{row['front_cpu_ms_per_req_net']:.3f}" if cmp else "-"
+        idle = f"{row['front_idle_cpu_pct']:.2f}" if cmp else "-"
         print(
             f"{name:<26}{row['rps_saturated']:>9.1f}{ratio:>7}{row['p50_ms_c1']:>9.3f}{add50:>8}"
-            f"{row['p99_ms_c1']:>9.3f}{add99:>8}{front:>11}{row['daemon_cpu_ms_per_req']:>12.3f}"
+            f"{row['p99_ms_c1']:>9.3f}{add99:>8}{front:>11}{net:>8}{idle:>7}"
+            f"{row['daemon_cpu_ms_per_req']:>12.3f}"
         )
     for line in report.get("profile", []):
         print(line)

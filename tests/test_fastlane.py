@@ -169,3 +169,30 @@ async def test_shutdown_lets_a_fast_lane_request_finish(cluster: Cluster) -> Non
     await stopping
     writer.close()
     idle_writer.close()
+
+
+async def test_a_local_remember_is_stored_once_and_spooled_when_the_daemon_is_down(
+    cluster: Cluster,
+) -> None:
+    """A remember on the fast lane lands in the daemon (the id it answers is in its
+    database); with the daemon stopped the next one is kept in the spool (202), as the
+    pipeline does."""
+    node = await cluster.add("a")
+    server = lane(node)
+    [(code, headers, body)] = await exchange(
+        node, message("POST", "/api/memory/remember", {"content": "the fast lane remembers"})
+    )
+    assert code == 200, body
+    assert headers["x-signet-cluster-served-by"] == ["a"]
+    assert "x-signet-cluster-missing" not in headers
+    assert server.served == 1
+    [(code, _h, body)] = await exchange(
+        node, message("POST", "/api/memory/recall", {"query": "fast lane remembers"})
+    )
+    assert len(json.loads(body)["results"]) == 1
+    await cluster.stop_daemon(node)
+    [(code, _h, body)] = await exchange(
+        node, message("POST", "/api/memory/remember", {"content": "kept for later"})
+    )
+    assert code == 202, body
+    assert server.served == 3

@@ -1,8 +1,8 @@
-"""The fast lane: local recalls relayed without aiohttp's web layer.
+"""The fast lane: local recalls and remembers relayed without aiohttp's web layer.
 
-A local recall that does not federate (the agent lives here and reads alone: `default`, an
-isolated reader, or any reader of a one-node cluster) is, for the sidecar, one request in
-and the daemon's answer out. Through aiohttp's server, middlewares and response objects that
+A local remember, or a local recall that does not federate (the agent lives here and reads
+alone: `default`, an isolated reader, or any reader of a one-node cluster) is, for the
+sidecar, one request in and the daemon's answer out. Through aiohttp's server, middlewares and response objects that
 costs about 0.17 ms of CPU per request more than the relay itself (bench/proxy.py), on the
 cores the daemon needs. So each new connection starts in the fast lane, a small asyncio
 protocol that reads HTTP/1.1 requests itself and serves the ones it can answer exactly as
@@ -13,10 +13,10 @@ yet consumed, to aiohttp for good. Nothing is sent to the daemon before that dec
 handed-over request is served from its first byte by the ordinary pipeline.
 
 What a served request gets is what `sidecar.pipeline.routes.handle` gives: the same daemon
-call (`serve_on_daemon`: flavor plan, header filter), the same response headers (the
-daemon's minus hop-by-hop, `x-signet-cluster-served-by`, `x-signet-cluster-missing: 0/1`,
-Date and Server as aiohttp sets them), the same 503/504 when the daemon fails, and the
-same metrics. Admission is `sidecar.security.auth.admits_loopback_unsigned`.
+call (`serve_on_daemon`: flavor plan, Rust session keys, header filter), the same response
+headers (the daemon's minus hop-by-hop, `x-signet-cluster-served-by`, for a recall
+`x-signet-cluster-missing: 0/1`, Date and Server as aiohttp sets them), the same 503/504
+when the daemon fails (a remember is spooled instead, 202), and the same metrics. Admission is `sidecar.security.auth.admits_loopback_unsigned`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from sidecar.memory.forward import (
     DaemonError,
     connection_tokens,
 )
+from sidecar.memory.handoff import spool_write
 from sidecar.memory.proxy import daemon_failure, parse_object, serve_on_daemon
 from sidecar.memory.routing import current_view
 from sidecar.security.auth import admits_loopback_unsigned, is_loopback
@@ -54,7 +55,11 @@ from signet_cluster.daemon.agent_resolution import RouteKind, resolve_agent
 log = structlog.get_logger("signet_cluster.http")
 
 # (method, path) → kind: the routes the fast lane may serve.
-FAST_ROUTES = {(b"POST", b"/api/memory/recall"): RouteKind.RECALL}
+FAST_ROUTES = {
+    (b"POST", b"/api/memory/recall"): RouteKind.RECALL,
+    (b"POST", b"/api/memory/remember"): RouteKind.REMEMBER,
+    (b"POST", b"/api/memory/save"): RouteKind.REMEMBER,
+}
 _CLUSTER_PREFIX = "x-signet-cluster-"
 # Request headers that change how the message is framed or answered: aiohttp handles them.
 _HANDOVER_HEADERS = frozenset({"transfer-encoding", "expect", "connection", "upgrade"})
@@ -62,7 +67,6 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # A header field aiohttp's parser accepts without question: a token name, a value without
 # control characters. Anything else is handed over, so aiohttp gives its own 400.
 _FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
-_PATHS = {kind: path.decode() for (_m, path), kind in FAST_ROUTES.items()}
 
 
 class FastLaneServer(web.Server):
@@ -212,8 +216,8 @@ class FastLane(asyncio.Protocol):
             return
         self.task = asyncio.ensure_future(self._serve(*parsed))
 
-    def _parse(self) -> tuple[RouteKind, CIMultiDict[str], bytes, int] | None:
-        """(kind, headers, body, bytes used) of a complete fast-lane request; None when
+    def _parse(self) -> tuple[RouteKind, str, CIMultiDict[str], bytes, int] | None:
+        """(kind, path, headers, body, bytes used) of a complete fast-lane request; None when
         incomplete; _HandOver when it is not one."""
         settings = self.app[keys.SETTINGS]
         end = self.buf.find(b"\r\n\r\n")
@@ -254,12 +258,13 @@ class FastLane(asyncio.Protocol):
         used = end + 4 + length
         if len(self.buf) < used:
             return None
-        if not admits_loopback_unsigned(self.app[keys.AUTH], "POST", _PATHS[kind]):
+        path = parts[1].decode()
+        if not admits_loopback_unsigned(self.app[keys.AUTH], "POST", path):
             raise _HandOver
-        return kind, headers, bytes(self.buf[end + 4 : used]), used
+        return kind, path, headers, bytes(self.buf[end + 4 : used]), used
 
     async def _serve(
-        self, kind: RouteKind, headers: CIMultiDict[str], body: bytes, used: int
+        self, kind: RouteKind, path: str, headers: CIMultiDict[str], body: bytes, used: int
     ) -> None:
         started = time.perf_counter()
         app = self.app
@@ -267,8 +272,11 @@ class FastLane(asyncio.Protocol):
         view = CIMultiDictProxy(headers)
         agent = resolve_agent(kind, query={}, headers=view, body=parsed).agent_id
         target = app[PROXY].routes.target(app, agent)
+        recall = kind is RouteKind.RECALL
         outcome = "ok"
-        if target.kind != "local" or self._federates(target.read_policy, target.node_id):
+        if target.kind != "local" or (
+            recall and self._federates(target.read_policy, target.node_id)
+        ):
             self.task = None
             self.hand_over()
             return
@@ -280,8 +288,8 @@ class FastLane(asyncio.Protocol):
                     kind,
                     agent,
                     method="POST",
-                    raw_path=_PATHS[kind],
-                    path=_PATHS[kind],
+                    raw_path=path,
+                    path=path,
                     query=[],
                     headers=view,
                     body=body,
@@ -289,14 +297,35 @@ class FastLane(asyncio.Protocol):
                     explicit=False,
                 )
             except DaemonError as exc:
-                outcome = "daemon_error"
-                self._write(daemon_failure(exc))
+                if recall or parsed is None:
+                    outcome = "daemon_error"
+                    self._write(daemon_failure(exc))
+                else:
+                    # As the pipeline does (sidecar.pipeline.serve): the remember is kept in
+                    # this node's spool until the daemon takes it.
+                    identity = app[keys.IDENTITY]
+                    spooled = await spool_write(
+                        app,
+                        agent_id=agent,
+                        owner={
+                            "node_id": identity.node_id,
+                            "url": identity.url,
+                            "state": "daemon unavailable",
+                        },
+                        method="POST",
+                        path_qs=path,
+                        headers=view,
+                        body=dict(parsed),
+                        why=f"the local daemon: {exc.message}",
+                    )
+                    outcome = "spooled" if spooled.status == 202 else "refused"
+                    self._write(spooled)
             else:
-                self._relay(raw, target.node_id)
+                self._relay(raw, target.node_id, missing=recall)
             self.server.served += 1
         except Exception:
             # As the errors middleware answers a crash in the ordinary pipeline.
-            log.exception("request_crashed", path=_PATHS[kind], method="POST")
+            log.exception("request_crashed", path=path, method="POST")
             self._write(
                 web.json_response(
                     {"error": "internal error in the sidecar (see its log)", "code": "internal"},
@@ -325,9 +354,10 @@ class FastLane(asyncio.Protocol):
         view = current_view(self.app)
         return view is not None and bool(contributors(self.app, view, node_id))
 
-    def _relay(self, raw: RawResponse, node: str) -> None:
-        """The daemon's answer as `to_response(raw, node, missing 0/1)` is written by
-        aiohttp, without building the response object."""
+    def _relay(self, raw: RawResponse, node: str, *, missing: bool) -> None:
+        """The daemon's answer as aiohttp writes `to_response(raw, node)` (a read that
+        did not federate: with `x-signet-cluster-missing: 0/1`), without building the
+        response object."""
         if self.transport is None or self.transport.is_closing():
             return
         status, body = raw.status, raw.body
@@ -338,7 +368,7 @@ class FastLane(asyncio.Protocol):
             lower = name.lower()
             if lower in HOP_BY_HOP or lower == "content-length" or lower in drop:
                 continue
-            if lower == MISSING_HEADER:
+            if missing and lower == MISSING_HEADER:
                 continue  # replaced below, as `to_response` sets it
             served = served or lower == SERVED_BY_HEADER
             content_type = content_type or lower == "content-type"
@@ -347,7 +377,8 @@ class FastLane(asyncio.Protocol):
             lines.append(f"{name}: {value}")
         if not served:
             lines.append(f"{SERVED_BY_HEADER}: {node}")
-        lines.append(f"{MISSING_HEADER}: 0/1")
+        if missing:
+            lines.append(f"{MISSING_HEADER}: 0/1")
         if status in _NO_BODY_STATUS:
             body = b""
         else:
