@@ -1,7 +1,7 @@
 """What the sidecar costs its daemon's host (run by hand; not part of CI).
 
     .venv/bin/python bench/proxy.py [--real] [--duration 3] [--rounds 3] [--clients 8]
-                                    [--only recall,status] [--json-only]
+                                    [--only recall,status] [--baseline DIR] [--json-only]
 
 Every server is its own process on loopback: the daemon (the dev daemon, or with `--real` the
 real Signet 0.145.7 from ../shared/real-signet), sidecars (`signet-cluster serve`) and nginx
@@ -28,6 +28,9 @@ the other node: two sidecars, one hop; direct is that node's daemon asked as the
 The load generator is wrk (`apt-get install wrk`; a C event loop on one thread, so the client
 costs little beside the servers); without it a minimal asyncio keep-alive client is used,
 which costs more CPU itself. `--uvloop` runs the sidecars on uvloop, for comparison.
+`--baseline DIR` adds `<scenario>/baseline` rows: a one-node sidecar run from another
+source tree (e.g. `git archive 51c52b7 | tar -x -C DIR`) over the same daemon, measured in
+the same interleaved rounds: an A/B that the machine's load cannot skew.
 `--profile SECONDS` also records the local-recall sidecar under py-spy
 (`pip install py-spy`) while it is saturated, and prints its top functions.
 """
@@ -109,9 +112,19 @@ def with_children(pid: int) -> list[int]:
     return found
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, code: Path | None = None) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    env = None
+    if code is not None:  # another source tree's packages shadow the installed ones
+        env = {**os.environ, "PYTHONPATH": str(code)}
+    return subprocess.Popen(
+        args,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=code,
+        env=env,
+    )
 
 
 def http(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
@@ -215,7 +228,8 @@ class Lab:
             wait_http(port, "/health")
         self.pids[name] = with_children(pid)
 
-    def sidecar(self, name: str, daemon: str, *extra: str) -> None:
+    def sidecar(self, name: str, daemon: str, *extra: str, code: Path | None = None) -> None:
+        """`signet-cluster serve` beside `daemon`; from the source tree `code` if given."""
         port = self.port[name] = low_free_port()
         cli = ["-m", "cli"]
         if self.uvloop:
@@ -229,7 +243,7 @@ class Lab:
         args += ["--workspace", str(self.root / daemon)]
         args += ["--state-dir", str(self.root / f"state-{name}"), "--log-level", "warning"]
         args += ["--log-format", "json", "--heartbeat-interval", "0.5", *extra]
-        proc = start(args, self.root / f"{name}.log")
+        proc = start(args, self.root / f"{name}.log", code)
         self.procs.append(proc)
         self.pids[name] = [proc.pid]
 
@@ -434,12 +448,14 @@ def measure(target: Target, clients: int, seconds: float, scratch: Path) -> Run:
 # -- the run -----------------------------------------------------------------------------
 
 
-def build_lab(lab: Lab, want: set[str]) -> list[Target]:
+def build_lab(lab: Lab, want: set[str], baseline: Path | None) -> list[Target]:
     """d1 (alice isolated) and d2 (carol isolated); s0 a one-node cluster over d1; s1 the
     coordinator over d1 and s2 over d2 (a two-node cluster); nginx over d1."""
     lab.daemon("d1", [("alice", "isolated")])
     lab.daemon("d2", [("carol", "isolated")])
     lab.sidecar("s0", "d1")
+    if baseline is not None:
+        lab.sidecar("s0b", "d1", code=baseline)
     lab.sidecar("s1", "d1", "--coordinator")
     lab.sidecar("s2", "d2", "--coordinators", f"http://127.0.0.1:{lab.port['s1']}")
     lab.nginx("d1")
@@ -458,7 +474,7 @@ def build_lab(lab: Lab, want: set[str]) -> list[Target]:
             "/api/memory/remember",
             {"content": f"carol {text}", "agentId": "carol"},
         )
-    for name in ("s0", "s1", "s2"):
+    for name in ("s0", "s1", "s2", *(["s0b"] if baseline is not None else [])):
         wait_http(lab.port[name], "/readyz")
     wait_http(lab.port["s1"], "/api/cluster/resolve?agent_id=carol", want='"route": "remote"')
     wait_http(lab.port["s1"], "/api/cluster/resolve?agent_id=alice", want='"route": "local"')
@@ -484,6 +500,12 @@ def build_lab(lab: Lab, want: set[str]) -> list[Target]:
             "remote", "sidecar", p["s1"], "POST", recall, carol, lab.pids["s1"] + lab.pids["s2"], d2
         ),
     ]
+    if baseline is not None:
+        every += [
+            attrs.evolve(t, via="baseline", port=p["s0b"], front=lab.pids["s0b"])
+            for t in every
+            if t.via == "sidecar" and t.front == lab.pids["s0"]
+        ]
     return [t for t in every if t.scenario in want]
 
 
@@ -563,6 +585,12 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=float, default=10.0, help="seconds to measure the fronts' idle CPU"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run a one-node sidecar from this source tree, side by side (an A/B: "
+        "git archive COMMIT | tar -x -C DIR)",
+    )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON")
     parser.add_argument("--uvloop", action="store_true", help="run the sidecars on uvloop")
     parser.add_argument(
@@ -574,7 +602,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="signet-bench-proxy-"))
     lab = Lab(root, real=args.real, uvloop=args.uvloop)
     try:
-        targets = build_lab(lab, set(args.only.split(",")))
+        targets = build_lab(lab, set(args.only.split(",")), args.baseline)
         load_before = os.getloadavg()
         idle = idle_rates(targets, args.idle)
         for t in targets:  # warm-up: connections, caches, the daemon's first slow calls
@@ -596,6 +624,7 @@ def main() -> None:
             "seconds_per_run": args.duration,
             "rounds": args.rounds,
             "uvloop": args.uvloop,
+            "baseline": str(args.baseline) if args.baseline else None,
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "loadavg_before_after": [load_before[0], os.getloadavg()[0]],
