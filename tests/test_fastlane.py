@@ -8,6 +8,8 @@ import asyncio
 import json
 from typing import Any
 
+from sidecar.keys import PROXY
+from sidecar.memory.routing import decide
 from sidecar.pipeline.fastlane import FastLaneServer
 
 from .cluster_helpers import Cluster, Node, wait_for
@@ -196,3 +198,20 @@ async def test_a_local_remember_is_stored_once_and_spooled_when_the_daemon_is_do
     )
     assert code == 202, body
     assert server.served == 3
+
+
+async def test_cached_routing_follows_the_registry(cluster: Cluster) -> None:
+    """Routing decisions are kept per agent (RouteCache) but never outlive the registry
+    version they came from: when carol's owner stops, the next decision on a says
+    unreachable, as an uncached one does."""
+    a, b = await two_nodes(cluster)
+    routes = a.app[PROXY].routes
+    assert routes.target(a.app, "carol").kind == "remote"
+    assert routes.target(a.app, "carol") is routes.target(a.app, "carol")  # kept
+    await cluster.stop_sidecar(b)
+
+    async def unreachable() -> bool:
+        return routes.target(a.app, "carol").kind == "unreachable"
+
+    await wait_for(unreachable, what="carol's owner to be seen down")
+    assert decide(a.app, "carol") == routes.target(a.app, "carol")
