@@ -77,6 +77,11 @@ class FastLaneServer(web.Server):
         # keeps this one, and the handlers it makes register with it).
         self.__dict__.update(inner.__dict__)
         self.app = app
+        # Read once: the app is frozen once it serves, and these are per-request lookups.
+        self.settings = app[keys.SETTINGS]
+        self.auth = app[keys.AUTH]
+        self.metrics = app[keys.METRICS]
+        self.routes = app[PROXY].routes
         self.fast: set[FastLane] = set()
         self.closing = False
         # Requests the fast lane answered itself, and connections it handed to aiohttp.
@@ -135,7 +140,7 @@ class FastLane(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
-        auth = self.app[keys.AUTH]
+        auth = self.server.auth
         if (
             self.server.closing
             or transport.get_extra_info("ssl_object") is not None
@@ -169,7 +174,7 @@ class FastLane(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.idle_since = loop.time()
         if self.idle is None:
-            timeout = self.app[keys.SETTINGS].idle_timeout
+            timeout = self.server.settings.idle_timeout
             self.idle = loop.call_at(self.idle_since + timeout, self._idle_check)
 
     def _idle_check(self) -> None:
@@ -177,12 +182,12 @@ class FastLane(asyncio.Protocol):
         if self.transport is None:
             return
         loop = asyncio.get_running_loop()
-        due = self.idle_since + self.app[keys.SETTINGS].idle_timeout
+        due = self.idle_since + self.server.settings.idle_timeout
         if self.task is None and loop.time() >= due:
             self.close()
             return
         if self.task is not None:
-            due = loop.time() + self.app[keys.SETTINGS].idle_timeout
+            due = loop.time() + self.server.settings.idle_timeout
         self.idle = loop.call_at(due, self._idle_check)
 
     def hand_over(self) -> None:
@@ -219,7 +224,7 @@ class FastLane(asyncio.Protocol):
     def _parse(self) -> tuple[RouteKind, str, CIMultiDict[str], bytes, int] | None:
         """(kind, path, headers, body, bytes used) of a complete fast-lane request; None when
         incomplete; _HandOver when it is not one."""
-        settings = self.app[keys.SETTINGS]
+        settings = self.server.settings
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             return None
@@ -259,7 +264,7 @@ class FastLane(asyncio.Protocol):
         if len(self.buf) < used:
             return None
         path = parts[1].decode()
-        if not admits_loopback_unsigned(self.app[keys.AUTH], "POST", path):
+        if not admits_loopback_unsigned(self.server.auth, "POST", path):
             raise _HandOver
         return kind, path, headers, bytes(self.buf[end + 4 : used]), used
 
@@ -271,7 +276,7 @@ class FastLane(asyncio.Protocol):
         parsed = parse_object(body)
         view = CIMultiDictProxy(headers)
         agent = resolve_agent(kind, query={}, headers=view, body=parsed).agent_id
-        target = app[PROXY].routes.target(app, agent)
+        target = self.server.routes.target(app, agent)
         recall = kind is RouteKind.RECALL
         outcome = "ok"
         if target.kind != "local" or (
@@ -333,7 +338,7 @@ class FastLane(asyncio.Protocol):
                 )
             )
         finally:
-            app[keys.METRICS].observe_proxied(
+            self.server.metrics.observe_proxied(
                 kind.value, "local", outcome, time.perf_counter() - started
             )
             self.task = None
