@@ -64,6 +64,8 @@ _CLUSTER_PREFIX = "x-signet-cluster-"
 # Request headers that change how the message is framed or answered: aiohttp handles them.
 _HANDOVER_HEADERS = frozenset({"transfer-encoding", "expect", "connection", "upgrade"})
 _NO_BODY_STATUS = frozenset({204, 304})
+# Buffered beyond one largest request before reading pauses.
+_HEAD_ROOM = 64 * 1024
 # A header field aiohttp's parser accepts without question: a token name, a value without
 # control characters. Anything else is handed over, so aiohttp gives its own 400.
 _FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*")
@@ -73,8 +75,8 @@ class FastLaneServer(web.Server):
     """aiohttp's server, whose connections start in the fast lane."""
 
     def __init__(self, inner: web.Server, app: web.Application) -> None:
-        # The same handler and settings as the server AppRunner built (a copy: the runner
-        # keeps this one, and the handlers it makes register with it).
+        # The same handler and settings as the server AppRunner built; this object takes
+        # its place in the runner, and the aiohttp handlers it makes register with it.
         self.__dict__.update(inner.__dict__)
         self.app = app
         # Read once: the app is frozen once it serves, and these are per-request lookups.
@@ -134,6 +136,7 @@ class FastLane(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.peer = ""
+        self.paused = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,6 +159,12 @@ class FastLane(asyncio.Protocol):
         self.buf += data
         if self.task is None:
             self._next()
+        elif not self.paused and len(self.buf) > self.server.settings.max_body_bytes + _HEAD_ROOM:
+            # A client pipelining faster than the daemon answers: stop reading until the
+            # request in hand is answered (aiohttp bounds its buffer the same way).
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.paused = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.fast.discard(self)
@@ -198,6 +207,9 @@ class FastLane(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.paused:
+            transport.resume_reading()
+            self.paused = False
         self.server.handed_over += 1
         handler = self.server.aiohttp_handler()
         transport.set_protocol(handler)
@@ -347,6 +359,9 @@ class FastLane(asyncio.Protocol):
         if self.server.closing:
             self.close()
             return
+        if self.paused:
+            self.transport.resume_reading()
+            self.paused = False
         if self.buf:
             self._next()
         else:
