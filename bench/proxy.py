@@ -7,7 +7,7 @@ Every server is its own process on loopback: the daemon (the dev daemon, or with
 real Signet 0.145.7 from ../shared/real-signet), sidecars (`signet-cluster serve`) and nginx
 (a keep-alive reverse proxy from a temporary config). For each scenario it measures, over
 interleaved rounds (direct, sidecar and nginx take turns, so drift and other load hit each
-alike):
+alike; one scenario after another, remember last):
 
 - CPU seconds per request of the process(es) in front of the daemon (the sidecar, both
   sidecars for a remote agent, nginx with its workers) and of the daemon itself, read from
@@ -606,16 +606,22 @@ def main() -> None:
         load_before = os.getloadavg()
         idle = idle_rates(targets, args.idle)
         for t in targets:  # warm-up: connections, caches, the daemon's first slow calls
-            measure(t, args.clients, 1.0, root)
+            if t.scenario != "remember":
+                measure(t, args.clients, 1.0, root)
         runs: dict[tuple[str, str], list[Run]] = {}
-        for round_no in range(args.rounds):
-            # Rotate the order each round: no target always runs right after another.
-            shift = round_no % len(targets)
-            for t in targets[shift:] + targets[:shift]:
-                runs.setdefault((t.name, "c1"), []).append(measure(t, 1, args.duration, root))
-                runs.setdefault((t.name, "sat"), []).append(
-                    measure(t, args.clients, args.duration, root)
-                )
+        # One scenario at a time, remember last: the memories it adds make the daemon's
+        # recall slower, which must not fall on some recall rounds and not others.
+        scenarios = sorted({t.scenario for t in targets}, key=lambda s: s == "remember")
+        for scenario in scenarios:
+            group = [t for t in targets if t.scenario == scenario]
+            for round_no in range(args.rounds):
+                # Rotate the order each round: no target always runs right after another.
+                shift = round_no % len(group)
+                for t in group[shift:] + group[:shift]:
+                    runs.setdefault((t.name, "c1"), []).append(measure(t, 1, args.duration, root))
+                    runs.setdefault((t.name, "sat"), []).append(
+                        measure(t, args.clients, args.duration, root)
+                    )
         report = summarize(runs, targets, idle)
         report["setup"] = {
             "daemon": f"signet {REAL_VERSION} (real)" if args.real else "dev daemon (ts)",
