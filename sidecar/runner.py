@@ -19,6 +19,7 @@ from aiohttp import web
 
 from sidecar import keys
 from sidecar.app import make_app
+from sidecar.pipeline.fastlane import SidecarRunner
 from sidecar.security.limits import (
     CONNECTIONS,
     PRIORITY_HEADROOM,
@@ -136,7 +137,7 @@ async def run_sidecar(
     app = make_app(settings, clock=clock)
     guard = app[CONNECTIONS]
     fit_connections(guard, fd_limit)
-    runner = web.AppRunner(
+    runner = SidecarRunner(
         app,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout,

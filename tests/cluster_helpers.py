@@ -26,6 +26,7 @@ from yarl import URL
 
 from sidecar import keys
 from sidecar.app import make_app
+from sidecar.pipeline.fastlane import SidecarRunner
 from sidecar.security.limits import CONNECTIONS, server_options
 from signet_cluster.clock import Clock
 from signet_cluster.devdaemon import DevDaemonConfig, make_devdaemon_app
@@ -59,6 +60,9 @@ class TestServer(_AiohttpTestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
+        if keys.SETTINGS in self.app:
+            # A sidecar: served as sidecar.runner serves it, fast lane included.
+            return SidecarRunner(self.app, **kwargs)
         return AppRunner(self.app, **kwargs)
 
 

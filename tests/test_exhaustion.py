@@ -70,6 +70,15 @@ async def test_idle_connection_flood_is_shed_while_probes_and_cluster_calls_work
         assert status_of(await fresh_get(a, "/livez")) == 200
         answer = await fresh_get(a, "/api/memories?limit=1")
         assert status_of(answer) == 503 and b"too_many_connections" in answer, answer[:300]
+        # A local recall (the fast lane's kind of request) is shed the same way: the idle
+        # connections above sat in the fast lane and were counted there.
+        body = b'{"query": "x", "agentId": "alice"}'
+        recall = await raw_exchange(
+            a,
+            b"POST /api/memory/recall HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        )
+        assert status_of(recall) == 503 and b"too_many_connections" in recall, recall[:300]
         ready = await fresh_get(a, "/readyz")
         assert status_of(ready) == 503 and b"connection limit reached" in ready, ready
         code, status, _ = await cluster.request(

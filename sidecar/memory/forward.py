@@ -48,7 +48,7 @@ class DaemonError(Exception):
         self.timed_out = timed_out
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+def connection_tokens(headers: Mapping[str, str]) -> set[str]:
     value = headers.get("Connection")
     if not value:
         return set()
@@ -60,7 +60,7 @@ def request_headers(
 ) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop, Host/Content-Length and (unless asked) the
     cluster's own `x-signet-cluster-*` headers, duplicates kept in order."""
-    drop = _connection_tokens(headers)
+    drop = connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -74,7 +74,7 @@ def request_headers(
 
 def response_headers(headers: CIMultiDictProxy[str], served_by: str) -> CIMultiDict[str]:
     """The daemon's (or owner's) response headers for our client, plus who served it."""
-    drop = _connection_tokens(headers)
+    drop = connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()

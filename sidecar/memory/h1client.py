@@ -86,9 +86,10 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _finish(self) -> None:
+    def _finish(self, whole: bytes | None = None) -> None:
         assert self.waiter is not None
-        result = (self.status, CIMultiDictProxy(self.headers), bytes(self.body))
+        body = bytes(self.body) if whole is None else whole
+        result = (self.status, CIMultiDictProxy(self.headers), body)
         self._reset()
         self.waiter.set_result(result)
 
@@ -126,6 +127,13 @@ class _Conn(asyncio.Protocol):
             else:
                 self.mode, self.keep_alive = "close", False
         if self.mode == "length":
+            if not self.body and len(self.buf) >= self.remaining:
+                # The whole body is here (the usual case): one copy, not two.
+                whole = bytes(self.buf[: self.remaining])
+                del self.buf[: self.remaining]
+                self.remaining = 0
+                self._finish(whole)
+                return
             take = min(self.remaining, len(self.buf))
             self.body += self.buf[:take]
             del self.buf[:take]

@@ -16,14 +16,14 @@ from urllib.parse import urlencode
 
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar import keys
 from sidecar.keys import PROXY
 from sidecar.membership.peers import ForwardFailed, RawResponse
 from sidecar.memory.forward import DaemonClient, DaemonError, request_headers
 from sidecar.memory.owner_checks import daemon_error
-from sidecar.memory.routing import Target, retry_after
+from sidecar.memory.routing import RouteCache, Target, retry_after
 from sidecar.memory.rust_sessions import RustSessions, not_active
 from sidecar.security.auth import BEARER_HEADER, token_unverified
 from signet_cluster.daemon.adapt import Plan, plan_request
@@ -41,6 +41,7 @@ class ProxyState:
     daemon: DaemonClient
     ownership: MemoryOwnership
     sessions: RustSessions = attrs.Factory(RustSessions)
+    routes: RouteCache = attrs.Factory(RouteCache)
 
 
 class EarlyResponse(Exception):
@@ -104,7 +105,11 @@ def parse_object(body: bytes) -> dict[str, Any] | None:
     if not body:
         return None
     try:
-        parsed = json.loads(body)
+        if body[:1] == b"{" and body[1:2] != b"\x00":
+            # What json.loads would detect for these bytes (UTF-8), without the detection.
+            parsed = json.loads(body.decode("utf-8", "surrogatepass"))
+        else:
+            parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: nesting deeper than the decoder's stack (`[[[[...`).
         return None
@@ -116,10 +121,10 @@ def daemon_failure(exc: DaemonError) -> web.Response:
     return daemon_error(status, exc.message, code="daemon_unavailable")
 
 
-def _path_qs(request: web.Request, plan: Plan, query: list[tuple[str, str]]) -> str:
+def _path_qs(raw_path: str, path: str, plan: Plan, query: list[tuple[str, str]]) -> str:
     """The request line's path and query exactly as received, unless the plan changed them."""
-    if plan.path == request.rel_url.raw_path and plan.query == query:
-        return request.raw_path
+    if plan.path == path and plan.query == query:
+        return raw_path
     return plan.path + ("?" + urlencode(plan.query) if plan.query else "")
 
 
@@ -134,24 +139,52 @@ async def serve_local(
 ) -> RawResponse:
     """Serve on this node's daemon, the body adapted to its flavor. Ownership of the ids a
     write names was checked before (sidecar.pipeline.ownership)."""
-    app = request.app
+    return await serve_on_daemon(
+        request.app,
+        kind,
+        agent,
+        method=request.method,
+        raw_path=request.raw_path,
+        path=request.rel_url.raw_path,
+        query=list(request.rel_url.query.items()) if request.query_string else [],
+        headers=request.headers,
+        body=body,
+        parsed=parsed,
+        explicit=explicit,
+    )
+
+
+async def serve_on_daemon(
+    app: web.Application,
+    kind: RouteKind,
+    agent: str,
+    *,
+    method: str,
+    raw_path: str,
+    path: str,
+    query: list[tuple[str, str]],
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
+    body: bytes,
+    parsed: dict[str, Any] | None,
+    explicit: bool,
+) -> RawResponse:
+    """`serve_local` from the parts of a request (the fast lane has no `web.Request`)."""
     state = app[PROXY]
     flavor = app[keys.WATCHER].snapshot.flavor
-    query = list(request.rel_url.query.items()) if request.query_string else []
     plan = plan_request(
         kind,
         flavor,
         agent,
-        method=request.method,
-        path=request.rel_url.raw_path,
+        method=method,
+        path=path,
         query=query,
-        headers=request.headers,
+        headers=headers,
         body=parsed,
         explicit=explicit,
     )
-    headers = request_headers(request.headers)
+    sent = request_headers(headers)
     for name, value in plan.set_headers.items():
-        headers[name] = value
+        sent[name] = value
     own_session = False
     if plan.session_for is not None and plan.body is not None:
         given = plan.body.get("sessionKey")
@@ -159,8 +192,8 @@ async def serve_local(
             plan.body["sessionKey"] = await state.sessions.ensure(state.daemon, plan.session_for)
             plan.changed = own_session = True
     data = json.dumps(plan.body).encode() if plan.changed and plan.body is not None else body
-    path_qs = _path_qs(request, plan, query)
-    raw = await state.daemon.send(plan.method, path_qs, headers, data or None)
+    path_qs = _path_qs(raw_path, path, plan, query)
+    raw = await state.daemon.send(plan.method, path_qs, sent, data or None)
     again = own_session
     while (
         plan.session_for is not None and plan.body is not None and not_active(raw.status, raw.body)
@@ -170,7 +203,7 @@ async def serve_local(
         plan.body["sessionKey"] = await state.sessions.ensure(
             state.daemon, plan.session_for, again=again
         )
-        raw = await state.daemon.send(plan.method, path_qs, headers, json.dumps(plan.body).encode())
+        raw = await state.daemon.send(plan.method, path_qs, sent, json.dumps(plan.body).encode())
         if again:
             break
         again = True

@@ -16,7 +16,7 @@ import attrs
 from aiohttp import web
 
 from sidecar import keys
-from sidecar.membership.coordinator import local_view
+from sidecar.membership.coordinator import full_reply, local_view
 from sidecar.membership.view import ClusterView
 from signet_cluster.daemon.agent_resolution import DEFAULT_AGENT
 from signet_cluster.protocol import AgentInfo, PeerView
@@ -110,6 +110,54 @@ def decide(app: web.Application, agent_id: str, view: ClusterView | None = None)
         reason=f"owned by {peer.node_id}" + ("" if alive else f" ({peer.state})"),
         owner_state="alive" if alive else peer.state,
     )
+
+
+class RouteCache:
+    """`decide` per agent, kept while what it was decided from is unchanged: the registry
+    version this node routes by (its own on a coordinator, the newest copy and the failsafe
+    probes on a member), the daemon's latest reading (a new snapshot object per probe) and
+    the node's identity. A busy sidecar decides once per agent and registry version instead
+    of once per request."""
+
+    LIMIT = 10_000  # distinct agents kept; past it decisions are simply not cached
+
+    def __init__(self) -> None:
+        self.key: tuple[object, ...] = ()
+        self.targets: dict[str, Target] = {}
+
+    def target(self, app: web.Application, agent_id: str) -> Target:
+        identity = app[keys.IDENTITY]
+        key = (
+            identity.node_id,
+            identity.url,
+            identity.coordinator,
+            app[keys.WATCHER].snapshot,
+            _view_key(app),
+        )
+        if len(key) != len(self.key) or any(
+            a is not b and a != b for a, b in zip(key, self.key, strict=True)
+        ):
+            self.targets = {}
+        # Kept even when only equal: the next request then compares by identity.
+        self.key = key
+        found = self.targets.get(agent_id)
+        if found is None:
+            found = decide(app, agent_id)
+            if len(self.targets) < self.LIMIT:
+                self.targets[agent_id] = found
+        return found
+
+
+def _view_key(app: web.Application) -> tuple[object, ...]:
+    """What identifies the registry `current_view` would return now."""
+    identity = app[keys.IDENTITY]
+    if identity.coordinator:
+        return ("coordinator", full_reply(app, identity.protocol.max).registry)
+    membership = app[keys.MEMBERSHIP]
+    view = membership.newest_view()
+    if view is None:
+        return ("standalone",)
+    return (view.coordinator_id, view.registry, view.warming, tuple(membership.direct.items()))
 
 
 def owns(app: web.Application, agent_id: str) -> bool:

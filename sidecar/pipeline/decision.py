@@ -8,7 +8,8 @@ import attrs
 from aiohttp import web
 
 from sidecar.federation.fanout import federates
-from sidecar.memory.routing import Target, decide, owns
+from sidecar.keys import PROXY
+from sidecar.memory.routing import Target, owns
 from sidecar.pipeline.intake import Intake
 from signet_cluster.daemon.agent_resolution import RouteKind
 
@@ -38,7 +39,7 @@ def decide_action(
     if intake.hop:
         action: Action = "local" if owns(app, agent) else "misrouted"
         return Decision(action=action, agent=agent, target=None, explicit=True, spoolable=spoolable)
-    target = decide(app, agent)
+    target = app[PROXY].routes.target(app, agent)
     if federates(kind, path):
         action = "federate"
     elif target.kind == "local":

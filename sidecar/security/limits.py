@@ -148,6 +148,11 @@ class ConnectionGuard:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
+    def would_exceed(self, transport: asyncio.BaseTransport) -> bool:
+        """Opening this connection now would put it over a limit."""
+        source = _source(transport)
+        return self.open >= self.max_total or self.by_source.get(source, 0) >= self.max_per_source
+
     def opened(self, transport: asyncio.BaseTransport) -> None:
         source = _source(transport)
         self.open += 1

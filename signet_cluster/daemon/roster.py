@@ -12,7 +12,9 @@ is not clearly ``shared`` or a named group falls back to ``isolated`` (fail clos
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import attrs
@@ -69,18 +71,44 @@ def normalize_roster_entry(raw: object) -> RosterEntry | None:
 
 
 def load_manifest(workspace: Path) -> dict[str, Any]:
-    """The parsed ``agent.yaml`` (else ``AGENT.yaml``); ``{}`` when missing or invalid."""
+    """The parsed ``agent.yaml`` (else ``AGENT.yaml``); ``{}`` when missing or invalid.
+
+    Callers only read the result (it may be shared with other callers). The sidecar asks
+    every second (auth mode, roster); a real daemon's manifest takes milliseconds to parse,
+    so a file unchanged since the last parse is not parsed again."""
     for file_name in MANIFEST_NAMES:
         path = workspace / file_name
-        if not path.is_file():
+        try:
+            stat = path.stat()
+        except OSError:
             continue
+        if not S_ISREG(stat.st_mode):
+            continue
+        # A file modified within the last second may change again within the same
+        # timestamp tick (same size, same mtime): parsed afresh until it has settled.
+        settled = time.time() - stat.st_mtime > _SETTLE_S
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        cached = _MANIFESTS.get(key) if settled else None
+        if cached is not None:
+            return cached
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             # An unreadable manifest is treated as "no roster", as the daemon does.
             return {}
-        return data if isinstance(data, dict) else {}
+        parsed = data if isinstance(data, dict) else {}
+        if settled:
+            if len(_MANIFESTS) >= _MANIFESTS_KEPT:
+                _MANIFESTS.clear()
+            _MANIFESTS[key] = parsed
+        return parsed
     return {}
+
+
+# Parsed manifests by file identity and version (a memo of a pure function of the file).
+_MANIFESTS: dict[tuple[str, int, int, int, int], dict[str, Any]] = {}
+_MANIFESTS_KEPT = 64
+_SETTLE_S = 1.0
 
 
 def read_yaml_roster(workspace: Path) -> list[RosterEntry]:
