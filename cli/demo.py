@@ -320,7 +320,6 @@ def describe(nodes: list[DemoNode], root: Path, keep: bool) -> str:
         f"  open {coord}/cluster                 # live topology page; {coord}/metrics for Prometheus",
         f"  kill {nodes[-1].sidecar.pid if nodes[-1].sidecar else 'PID'}   # watch {nodes[-1].node_id} go down within the TTL",
         "",
-        "demo ready; Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
@@ -350,6 +349,11 @@ async def run_demo(
         seeded = await seed_memories(nodes)
         click.echo(f"seeded {seeded} memories (one per agent) through {coordinator_url}")
         click.echo(describe(nodes, root, keep=path is not None), nl=True)
+        click.echo(
+            "demo ready; stopping it now (--exit-when-ready)."
+            if exit_when_ready
+            else "demo ready; Ctrl-C stops everything."
+        )
         sys.stdout.flush()
         if not exit_when_ready:
             while not stop.is_set():
