@@ -78,7 +78,7 @@ class RealDaemon:
             [str(REAL_SIGNET / "start-daemon"), self.version, str(self.port), str(self.workspace)],
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=300,  # the first start may install Bun with npm
             check=False,
         )
         if out.returncode != 0:
