@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "signet-cluster.json"
-# Not the sidecar's: Prometheus's own scrape health, and a blackbox exporter's TLS probe.
-FOREIGN = {"up", "probe_ssl_earliest_cert_expiry"}
+# Not the sidecar's: Prometheus's own scrape health.
+FOREIGN = {"up"}
 METRIC_NAME = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(?=\{|\[|\)|$|\s[<>=!])")
 SERIES_SUFFIXES = {
     "counter": ("_total", "_created"),
