@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -87,3 +88,31 @@ async def test_every_json_output_matches_the_schema(cluster: Cluster) -> None:
     check("error", await json_out("--sidecar", "http://127.0.0.1:1", "explain", "x", expect=4))
     check("error", await json_out(*s, "join", "127.0.0.1:1", expect=1))
     check("check_config", await json_out("check-config"))
+
+
+async def test_keyring_json_outputs_match_the_schema(cluster: Cluster, tmp_path: Path) -> None:
+    """Every keyring command's --json (a keyring file's ids, and the sidecar's loaded keys
+    with --live) has its schema too: `keyring_file`, `keyring_live`."""
+    a = await cluster.add("a", BOB, coordinator=True)
+    ring = tmp_path / "ring.json"
+    first, second = tmp_path / "first.key", tmp_path / "second.key"
+    for key in (first, second):
+        code, _out, err = await run_cli("keygen", "--out", str(key))
+        assert code == 0, err
+    ring_args = ("--keyring-file", str(ring))
+    installed = await json_out("keyring", "install", *ring_args, "--secret-file", str(first))
+    check("keyring_file", installed)
+    second_doc = await json_out(
+        "keyring", "install", *ring_args, "--secret-file", str(second), "--key-id", "k2"
+    )
+    check("keyring_file", second_doc)
+    check("keyring_file", await json_out("keyring", "use", "k2", *ring_args))
+    check("keyring_file", await json_out("keyring", "remove", installed["primary"], *ring_args))
+    listed = await json_out("keyring", "list", *ring_args)
+    check("keyring_file", listed)
+    assert [k["id"] for k in listed["keys"]] == ["k2"] and listed["primary"] == "k2"
+    live = await json_out("--sidecar", a.url, "keyring", "list", "--live")
+    check("keyring_live", live)
+    assert live["keyring"]["keys"]  # the test cluster's key, by id only
+    with pytest.raises(jsonschema.ValidationError):
+        check("keyring_live", {**live, "replay_cache": "many"})
