@@ -144,6 +144,41 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(16)
 
 
+def signature_headers(
+    *,
+    method: str,
+    host: str,
+    path_qs: str,
+    body: bytes,
+    sent: Mapping[str, str] | None,
+    node_id: str,
+    key_id: str,
+    sign: Callable[[bytes], str],
+    ts_ms: int,
+    nonce: str,
+) -> dict[str, str]:
+    """The signature headers of one request, signed by `sign` (HMAC with a cluster key, or
+    a role's Ed25519 key: both sign the same canonical bytes)."""
+    message = canonical(
+        method=method,
+        host=host,
+        path_qs=path_qs,
+        ts_ms=ts_ms,
+        nonce=nonce,
+        node_id=node_id,
+        key_id=key_id,
+        headers=(sent or {}).items(),
+        body_digest=body_sha256(body),
+    )
+    return {
+        NODE_HEADER: node_id,
+        KEY_HEADER: key_id,
+        TS_HEADER: str(ts_ms),
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: sign(message),
+    }
+
+
 class Signer:
     """Builds the signature headers for one outgoing request with the primary key.
 
@@ -176,26 +211,18 @@ class Signer:
         if keyring is None:
             return {}
         key = keyring.primary_key
-        ts_ms = int(self.wall() * 1000)
-        nonce = self.nonce()
-        message = canonical(
+        return signature_headers(
             method=method,
             host=host,
             path_qs=path_qs,
-            ts_ms=ts_ms,
-            nonce=nonce,
+            body=body,
+            sent=sent,
             node_id=self.node_id,
             key_id=key.id,
-            headers=(sent or {}).items(),
-            body_digest=body_sha256(body),
+            sign=lambda message: mac(key.secret, message),
+            ts_ms=int(self.wall() * 1000),
+            nonce=self.nonce(),
         )
-        return {
-            NODE_HEADER: self.node_id,
-            KEY_HEADER: key.id,
-            TS_HEADER: str(ts_ms),
-            NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: mac(key.secret, message),
-        }
 
 
 class RoleSigner:
@@ -227,26 +254,18 @@ class RoleSigner:
         key = self.key()
         if key is None:
             return {}
-        ts_ms = int(self.wall() * 1000)
-        nonce = self.nonce()
-        message = canonical(
+        return signature_headers(
             method=method,
             host=host,
             path_qs=path_qs,
-            ts_ms=ts_ms,
-            nonce=nonce,
+            body=body,
+            sent=sent,
             node_id=self.node_id,
             key_id=key.id,
-            headers=(sent or {}).items(),
-            body_digest=body_sha256(body),
+            sign=key.sign,
+            ts_ms=int(self.wall() * 1000),
+            nonce=self.nonce(),
         )
-        return {
-            NODE_HEADER: self.node_id,
-            KEY_HEADER: key.id,
-            TS_HEADER: str(ts_ms),
-            NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: key.sign(message),
-        }
 
 
 class ReplayCache:
